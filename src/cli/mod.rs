@@ -1,0 +1,213 @@
+//! The command line: parses arguments with clap, builds a `RunPolicy`, calls the library,
+//! and maps the report to an exit status. No isolation logic lives here.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use pysandbox::policy::{self, ImageRef, RunPolicy, Script, StdinSource};
+use pysandbox::report::{EXIT_SANDBOX_ERROR, RunStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "pysandbox",
+    version,
+    about = "Run untrusted Python scripts in a hardened, disposable sandbox — no daemon, no root",
+    long_about = "Run untrusted Python scripts in a hardened, disposable OCI container (user, mount, pid, ipc, uts, cgroup and network namespaces; read-only root file system; no capabilities; no new privileges; resource limits), with no daemon and no root.\n\nThe current folder is visible read-only at /usr/app/data (the working directory), its output/ subfolder is writable, the script's own folder is at /usr/app/src, and nothing else of the host is.",
+    after_help = "Exit status of `run`: the script's own; 128+N if it was killed by signal N; 124 on timeout; 125 when pysandbox itself could not run it."
+)]
+struct Cli {
+    /// Log pysandbox's and libcontainer's steps: error, warn, info, debug or trace
+    /// (default: off; also PYSANDBOX_LOG). Logs never mix into the script's output.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Python script in a fresh sandbox.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Image: omit for the default image (built from the host's Python on first use), or a
+    /// root file system directory.
+    #[arg(long, value_name = "NAME|PATH")]
+    image: Option<String>,
+    /// Wall-clock limit, e.g. 500ms, 10s, 2m. On expiry: SIGTERM, then SIGKILL after 1s;
+    /// exit status 124.
+    #[arg(long, value_name = "DUR", default_value = "60s")]
+    timeout: String,
+    /// Memory limit, e.g. 256M, 1G.
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    memory: String,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", default_value_t = policy::DEFAULT_PIDS)]
+    pids: u64,
+    /// Share the host's network (default: a private loopback only).
+    #[arg(long)]
+    network: bool,
+    /// Read-only data folder, the script's working directory (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Writable output folder (default: DATA/output, created if missing).
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// No host files at all: no data folder, no output folder (the script is copied in).
+    #[arg(long)]
+    no_fs: bool,
+    /// Development mode: mount this source folder read-only at /usr/app/src; the script
+    /// must be inside it.
+    #[arg(long, value_name = "SRC")]
+    dev: Option<PathBuf>,
+    /// Feed this file to the script's stdin (default: pysandbox's own stdin).
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+    /// Set an environment variable in the sandbox (KEY=VAL, or KEY to copy it from
+    /// yours). Repeatable. Nothing else of your environment is passed.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    env: Vec<String>,
+    /// Run this code (like python -c) instead of a script file.
+    #[arg(long, value_name = "CODE")]
+    code: Option<String>,
+    /// The script (`-` reads it from stdin), then its arguments.
+    #[arg(value_name = "SCRIPT")]
+    script: Option<String>,
+    /// Arguments for the script.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..
+    )]
+    args: Vec<String>,
+}
+
+fn init_logging(level: Option<&str>, file: Option<&PathBuf>) -> Result<()> {
+    let level = match level
+        .map(str::to_string)
+        .or_else(|| std::env::var("PYSANDBOX_LOG").ok())
+    {
+        None => return Ok(()),
+        Some(l) if l == "off" => return Ok(()),
+        Some(l) => l,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .with_context(|| format!("invalid --log-level {level:?}"))?;
+    // A duplicate of stderr (or the file): after the sandbox's init replaces fd 2 with
+    // the script's stderr pipe, its logs still go here, never into the script's stream.
+    let sink = match file {
+        Some(f) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .with_context(|| format!("--log-file {}", f.display()))?,
+        None => std::fs::File::from(
+            std::os::fd::AsFd::as_fd(&std::io::stderr())
+                .try_clone_to_owned()
+                .context("duplicating stderr for logs")?,
+        ),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(sink))
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+fn build_policy(a: RunArgs) -> Result<RunPolicy> {
+    let mut rest = a.args;
+    let script = match (a.code, a.script) {
+        (Some(code), first) => {
+            if let Some(first) = first {
+                rest.insert(0, first);
+            }
+            Script::Code(code)
+        }
+        (None, Some(s)) if s == "-" => {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("reading the script from stdin")?;
+            Script::Source(body)
+        }
+        (None, Some(s)) => Script::File(PathBuf::from(s)),
+        (None, None) => bail!(
+            "no script given. Hint: pysandbox run SCRIPT.py [ARGS...], or --code \"...\", or - to read it from stdin"
+        ),
+    };
+    let mut p = RunPolicy::new(script);
+    p.args = rest;
+    p.image = match a.image.as_deref() {
+        None | Some("default") => ImageRef::Default,
+        Some(s) => ImageRef::Path(PathBuf::from(s)),
+    };
+    p.limits.timeout = policy::parse_duration(&a.timeout)?;
+    p.limits.memory = policy::parse_size(&a.memory)?;
+    p.limits.pids = a.pids;
+    p.network = a.network;
+    p.data = a.data;
+    p.output = a.output;
+    p.no_fs = a.no_fs;
+    p.dev_src = a.dev;
+    p.stdin = match a.stdin {
+        Some(f) => StdinSource::File(f),
+        None => StdinSource::Inherit,
+    };
+    for e in &a.env {
+        p.env.push(policy::parse_env(e, |k| std::env::var(k).ok())?);
+    }
+    p.validate()?;
+    Ok(p)
+}
+
+fn run(a: RunArgs) -> Result<i32> {
+    let timeout = a.timeout.clone();
+    let policy = build_policy(a)?;
+    let report = pysandbox::run(&policy)?;
+    match report.status {
+        RunStatus::SandboxError => {
+            eprintln!(
+                "pysandbox: error: {}",
+                report.error.as_deref().unwrap_or("the sandbox failed")
+            );
+        }
+        RunStatus::Timeout if std::io::stderr().is_terminal() => {
+            eprintln!("pysandbox: stopped: the script ran longer than --timeout {timeout}");
+        }
+        _ => {}
+    }
+    Ok(report.cli_exit_code())
+}
+
+/// Parses the command line, runs, returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = init_logging(cli.log_level.as_deref(), cli.log_file.as_ref()).and_then(|()| {
+        match cli.command {
+            Command::Run(a) => run(a),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the cause chain joined, the hint last.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("pysandbox: error: {msg}");
+            EXIT_SANDBOX_ERROR
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The user's knobs for one run: what to run, which host files to expose, limits,
+//! network. Everything here is validated data with defaults; nothing here touches the
+//! kernel or the file system beyond reading the script the user named.
+//!
+//! Parsing helpers for the human formats of the command line (`500ms`, `256M`) live here
+//! too, so the library and any front end agree on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default wall-clock limit (DESIGN.md: 60 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default memory limit (DESIGN.md: 512M).
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default number of processes/threads (DESIGN.md: 128).
+pub const DEFAULT_PIDS: u64 = 128;
+/// Default cap on the size of one file the script writes (RLIMIT_FSIZE).
+pub const DEFAULT_FILE_SIZE: u64 = 1 << 30;
+/// Default number of open files (RLIMIT_NOFILE), never above the inherited hard limit.
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+/// Time between SIGTERM and SIGKILL when a run is stopped (timeout, Ctrl-C).
+pub const KILL_GRACE: Duration = Duration::from_millis(1000);
+/// Largest `--code` that fits in one argv string (the kernel's MAX_ARG_STRLEN is 128 KiB).
+pub const MAX_CODE_BYTES: usize = 120 * 1024;
+
+/// Where the Python source comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Script {
+    /// A file on the host; its folder is mounted read-only at `/usr/app/src`.
+    File(PathBuf),
+    /// Source text read by pysandbox (script `-`); staged as `/usr/app/src/script.py`.
+    Source(Vec<u8>),
+    /// `--code "..."`: run as `python -c CODE`.
+    Code(String),
+}
+
+/// What the script reads on its standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinSource {
+    /// pysandbox's own stdin, pumped through a pipe (never the host fd itself).
+    Inherit,
+    /// A host file, read by pysandbox and pumped through a pipe.
+    File(PathBuf),
+    /// Nothing: the script sees end-of-file at once.
+    Null,
+}
+
+/// Which image to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// The default image, built from the host's Python on first use.
+    Default,
+    /// A root file system directory on the host.
+    Path(PathBuf),
+}
+
+/// Resource limits of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory: u64,
+    pub pids: u64,
+    pub file_size: u64,
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: DEFAULT_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+            pids: DEFAULT_PIDS,
+            file_size: DEFAULT_FILE_SIZE,
+            open_files: DEFAULT_OPEN_FILES,
+        }
+    }
+}
+
+impl Limits {
+    /// Size of the `/tmp` tmpfs: half the memory limit, so temporary files cannot hold
+    /// more than the script may use anyway.
+    pub fn tmp_size(&self) -> u64 {
+        (self.memory / 2).max(1 << 20)
+    }
+    /// Size of `/dev/shm` (POSIX semaphores and shared memory of `multiprocessing`).
+    pub fn shm_size(&self) -> u64 {
+        (self.memory / 4).max(1 << 20)
+    }
+    /// Size of the tmpfs `HOME`.
+    pub fn home_size(&self) -> u64 {
+        (self.memory / 8).clamp(1 << 20, 64 << 20)
+    }
+    /// RLIMIT_CPU in seconds: a process cannot burn more CPU than the wall-clock limit
+    /// allows (plus a second of slack so the wall-clock timeout is what normally fires).
+    pub fn cpu_seconds(&self) -> u64 {
+        self.timeout.as_secs() + 2
+    }
+}
+
+/// Everything that defines one run. Build it with [`RunPolicy::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct RunPolicy {
+    pub script: Script,
+    pub args: Vec<String>,
+    pub image: ImageRef,
+    pub limits: Limits,
+    /// Share the host's network instead of a private loopback.
+    pub network: bool,
+    /// Read-only data folder at `/usr/app/data` (the working directory); `None` = `--no-fs`.
+    pub data: Option<PathBuf>,
+    /// Writable output folder at `/usr/app/data/output`; `None` = default `DATA/output`.
+    pub output: Option<PathBuf>,
+    /// No host files at all (no data, no output, script copied in).
+    pub no_fs: bool,
+    /// Folder to mount at `/usr/app/src` instead of the script's own folder.
+    pub dev_src: Option<PathBuf>,
+    pub stdin: StdinSource,
+    /// Extra environment variables for the script (`-e KEY=VAL`).
+    pub env: Vec<(String, String)>,
+}
+
+impl RunPolicy {
+    pub fn new(script: Script) -> Self {
+        RunPolicy {
+            script,
+            args: Vec::new(),
+            image: ImageRef::Default,
+            limits: Limits::default(),
+            network: false,
+            data: None,
+            output: None,
+            no_fs: false,
+            dev_src: None,
+            stdin: StdinSource::Inherit,
+            env: Vec::new(),
+        }
+    }
+
+    /// Checks what can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Script::Code(code) = &self.script {
+            if code.len() > MAX_CODE_BYTES {
+                return Err(PolicyError::CodeTooLong(code.len()));
+            }
+            if code.contains('\0') {
+                return Err(PolicyError::Nul("--code".into()));
+            }
+        }
+        for a in &self.args {
+            if a.contains('\0') {
+                return Err(PolicyError::Nul("a script argument".into()));
+            }
+        }
+        for (k, v) in &self.env {
+            validate_env_key(k)?;
+            if v.contains('\0') {
+                return Err(PolicyError::Nul(format!("the value of {k}")));
+            }
+        }
+        let l = &self.limits;
+        if l.timeout.is_zero() {
+            return Err(PolicyError::Invalid("--timeout must be more than 0".into()));
+        }
+        if l.memory < (16 << 20) {
+            return Err(PolicyError::Invalid(
+                "--memory must be at least 16M (CPython needs about 10M to start)".into(),
+            ));
+        }
+        if l.pids < 2 {
+            return Err(PolicyError::Invalid("--pids must be at least 2".into()));
+        }
+        if self.no_fs && (self.data.is_some() || self.output.is_some() || self.dev_src.is_some()) {
+            return Err(PolicyError::Invalid(
+                "--no-fs cannot be combined with --data, --output or --dev".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Invalid user input, found before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "--code is {0} bytes; the limit is {MAX_CODE_BYTES}. Hint: save it to a file, or pipe it in with `pysandbox run -`"
+    )]
+    CodeTooLong(usize),
+    #[error("{0} contains a NUL byte, which cannot be passed to a process")]
+    Nul(String),
+    #[error(
+        "invalid environment variable name {0:?}: use letters, digits and '_', not starting with a digit"
+    )]
+    EnvKey(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn validate_env_key(k: &str) -> Result<(), PolicyError> {
+    let ok = !k.is_empty()
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::EnvKey(k.to_string()))
+    }
+}
+
+/// Parses `-e KEY=VAL`; a bare `-e KEY` takes the value from `lookup` (the caller's
+/// environment), like `docker run -e KEY`.
+pub fn parse_env(
+    arg: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, String), PolicyError> {
+    let (k, v) = match arg.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => {
+            let v = lookup(arg).ok_or_else(|| {
+                PolicyError::Invalid(format!(
+                    "-e {arg}: {arg} is not set in your environment; write -e {arg}=VALUE"
+                ))
+            })?;
+            (arg.to_string(), v)
+        }
+    };
+    validate_env_key(&k)?;
+    Ok((k, v))
+}
+
+/// Parses a duration: `500ms`, `10s`, `2m`, `1h`, `1.5s`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, PolicyError> {
+    let bad = || {
+        PolicyError::Invalid(format!(
+            "invalid duration {s:?}: use e.g. 500ms, 10s, 2m or 1h"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let secs = n * mult;
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a size in bytes: `256M`, `1G`, `512MiB`, `64k`, `1048576`; units are binary
+/// (K = 1024), as in Docker.
+pub fn parse_size(s: &str) -> Result<u64, PolicyError> {
+    let bad = || PolicyError::Invalid(format!("invalid size {s:?}: use e.g. 64M, 1G or 512MiB"));
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches("ib").trim_end_matches('b');
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 1.0 || v > u64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "10x", "-1s", "1e9999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "M", "12Q", "-5M", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env() {
+        assert_eq!(
+            parse_env("A=b=c", |_| None).unwrap(),
+            ("A".into(), "b=c".into())
+        );
+        assert_eq!(
+            parse_env("HOME", |_| Some("/x".into())).unwrap(),
+            ("HOME".into(), "/x".into())
+        );
+        assert!(parse_env("NOPE", |_| None).is_err());
+        assert!(parse_env("1A=x", |_| None).is_err());
+        assert!(parse_env("A-B=x", |_| None).is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut p = RunPolicy::new(Script::Code("print(1)".into()));
+        assert!(p.validate().is_ok());
+        p.limits.memory = 1 << 20;
+        assert!(p.validate().is_err());
+        let mut p = RunPolicy::new(Script::Code("x".repeat(MAX_CODE_BYTES + 1)));
+        assert!(p.validate().is_err());
+        p.script = Script::Code("ok".into());
+        p.no_fs = true;
+        p.data = Some("/tmp".into());
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,515 @@
+//! The last steps inside the sandbox, run by libcontainer's init process through its
+//! `Executor` hook (after namespaces, mounts, pivot_root, libcontainer's own capability
+//! drop and `no_new_privs`).
+//!
+//! `validate()` runs before the start signal, and its errors reach `build()`; so every
+//! step that can fail for a host reason happens there:
+//!   1. close pysandbox's own descriptors, scrub pysandbox's argv/environment from this
+//!      process's memory (they would show in `/proc/1/cmdline`);
+//!   2. bring `lo` up (the only capability the spec left us is CAP_NET_ADMIN, for this);
+//!   3. enter a nested user namespace mapping `mambauser` (1000) to the container's root,
+//!      so the script is not root even inside; drop the bounding set, lock securebits,
+//!      clear every capability set and verify they are empty;
+//!   4. die with pysandbox (PR_SET_PDEATHSIG, set after the last credential change,
+//!      which would clear it).
+//!
+//! `exec()` runs after the start signal: this process stays as a tiny init (pid 1:
+//! reaps zombies, forwards SIGTERM/SIGINT/... to every process of the sandbox, reports
+//! the script's wait status on the status pipe) and forks the interpreter, which resets
+//! signals and execs. Nothing here allocates after `fork()`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+
+use crate::spec::{SANDBOX_GID, SANDBOX_UID};
+
+/// Signals the init forwards to every process of the sandbox.
+const FORWARDED: &[libc::c_int] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// What the executor needs; cloned into libcontainer's init process.
+#[derive(Debug)]
+pub struct ExecPlan {
+    pub python: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// Bring the loopback interface up (private network namespace).
+    pub loopback: bool,
+    /// Write end of the status pipe (see [`Status`]).
+    pub status_fd: RawFd,
+    /// pysandbox's own descriptors, to close before anything else runs here.
+    pub close_fds: Vec<RawFd>,
+}
+
+#[derive(Clone)]
+pub struct SandboxExecutor {
+    plan: Arc<ExecPlan>,
+}
+
+impl SandboxExecutor {
+    pub fn new(plan: ExecPlan) -> Self {
+        SandboxExecutor {
+            plan: Arc::new(plan),
+        }
+    }
+}
+
+/// What the init reports on the status pipe, one line each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The script exited with this code.
+    Exited(i32),
+    /// The script was killed by this signal.
+    Signaled(i32),
+    /// execve of the interpreter failed with this errno.
+    ExecFailed(i32),
+}
+
+impl Status {
+    /// Parses everything the init wrote. An exec failure wins over the exit status the
+    /// init reports after it; otherwise the last line wins.
+    pub fn parse(buf: &[u8]) -> Option<Status> {
+        let text = String::from_utf8_lossy(buf);
+        let mut out = None;
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(kind), Some(n)) = (it.next(), it.next().and_then(|x| x.parse().ok())) else {
+                continue;
+            };
+            if let Some(Status::ExecFailed(_)) = out {
+                continue;
+            }
+            out = match kind {
+                "exit" => Some(Status::Exited(n)),
+                "signal" => Some(Status::Signaled(n)),
+                "exec" => Some(Status::ExecFailed(n)),
+                _ => out,
+            };
+        }
+        out
+    }
+}
+
+fn err(step: &str) -> String {
+    format!("{step}: {}", io::Error::last_os_error())
+}
+
+fn check(r: libc::c_int, step: &str) -> Result<(), String> {
+    if r < 0 { Err(err(step)) } else { Ok(()) }
+}
+
+fn write_file(path: &str, data: &str) -> Result<(), String> {
+    crate::sys::write_existing(std::path::Path::new(path), data.as_bytes())
+        .map_err(|e| format!("writing {path}: {e}"))
+}
+
+impl ExecPlan {
+    fn prepare(&self) -> Result<(), String> {
+        for &fd in &self.close_fds {
+            // SAFETY: these are pysandbox's descriptors inherited through clone; nothing
+            // in this process uses them.
+            unsafe { libc::close(fd) };
+        }
+        scrub_own_cmdline();
+        // SAFETY: PR_SET_NAME with a NUL-terminated buffer.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-init".as_ptr(), 0, 0, 0) };
+        if self.loopback {
+            loopback_up()?;
+        }
+        self.enter_unprivileged_userns()?;
+        drop_all_capabilities()?;
+        // Set after the last credential change (which clears it): when pysandbox dies,
+        // so does this init, and with it the whole pid namespace.
+        // SAFETY: plain prctl.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+            "PR_SET_PDEATHSIG",
+        )?;
+        Ok(())
+    }
+
+    /// Nested user namespace: `mambauser` (1000) inside = the container's root outside.
+    /// The script can then never be uid 0, in any namespace it can see.
+    fn enter_unprivileged_userns(&self) -> Result<(), String> {
+        // The uid_map of a non-dumpable process is owned by the global root: writable only
+        // while dumpable. Nothing else runs in the sandbox yet.
+        // SAFETY: plain prctl calls.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) },
+            "PR_SET_DUMPABLE",
+        )?;
+        // SAFETY: unshare has no memory arguments; the process is single-threaded.
+        check(
+            unsafe { libc::unshare(libc::CLONE_NEWUSER) },
+            "creating the script's user namespace",
+        )?;
+        write_file("/proc/self/setgroups", "deny")?;
+        write_file("/proc/self/uid_map", &format!("{SANDBOX_UID} 0 1"))?;
+        write_file("/proc/self/gid_map", &format!("{SANDBOX_GID} 0 1"))?;
+        // SAFETY: plain prctl.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
+            "PR_SET_DUMPABLE",
+        )?;
+        // SAFETY: plain credential syscalls.
+        check(
+            unsafe { libc::setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID) },
+            "setresgid",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) },
+            "setresuid",
+        )?;
+        Ok(())
+    }
+
+    /// After the start signal: fork the interpreter, stay as init.
+    fn run_init(&self) -> ! {
+        // SAFETY: signal-mask and disposition setup on our own single-threaded process.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            // The init of a pid namespace only receives signals it has a handler for,
+            // even from outside: install a no-op one for the forwarded signals.
+            for sig in 1..libc::SIGRTMAX() {
+                if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                    continue;
+                }
+                let handler = if FORWARDED.contains(&sig) || sig == libc::SIGCHLD {
+                    noop_handler as *const () as libc::sighandler_t
+                } else {
+                    libc::SIG_DFL
+                };
+                libc::signal(sig, handler);
+            }
+        }
+        // SAFETY: single-threaded; the child only makes async-signal-safe calls below.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            self.report(b"exec ", -errno());
+            // SAFETY: terminating this process.
+            unsafe { libc::_exit(126) };
+        }
+        if pid == 0 {
+            self.exec_python();
+        }
+        self.reap(pid)
+    }
+
+    fn exec_python(&self) -> ! {
+        // SAFETY: only async-signal-safe calls on data prepared before fork.
+        unsafe {
+            for sig in 1..libc::SIGRTMAX() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // The status pipe (and anything else) must not survive into Python.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            // Allocating after fork is fine: this process has a single thread.
+            let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(self.argv.len() + 1);
+            let mut envp: Vec<*const libc::c_char> = Vec::with_capacity(self.envp.len() + 1);
+            argv.extend(self.argv.iter().map(|a| a.as_ptr()));
+            argv.push(std::ptr::null());
+            envp.extend(self.envp.iter().map(|a| a.as_ptr()));
+            envp.push(std::ptr::null());
+            libc::execve(self.python.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            self.report(b"exec ", errno());
+            libc::_exit(127);
+        }
+    }
+
+    fn reap(&self, main: libc::pid_t) -> ! {
+        // Only the status pipe stays open in the init.
+        close_all_but(self.status_fd);
+        // SAFETY: sigwaitinfo/waitpid/kill on our own process and children.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            for &s in FORWARDED {
+                libc::sigaddset(&mut set, s);
+            }
+            loop {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let sig = libc::sigwaitinfo(&set, &mut info);
+                if sig < 0 {
+                    continue;
+                }
+                if sig != libc::SIGCHLD {
+                    // kill(-1) from the namespace's init reaches every other process in it.
+                    libc::kill(-1, sig);
+                    continue;
+                }
+                loop {
+                    let mut st: libc::c_int = 0;
+                    let p = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    if p <= 0 {
+                        break;
+                    }
+                    if p != main {
+                        continue;
+                    }
+                    let code = if libc::WIFEXITED(st) {
+                        let c = libc::WEXITSTATUS(st);
+                        self.report(b"exit ", c);
+                        c
+                    } else if libc::WIFSIGNALED(st) {
+                        let s = libc::WTERMSIG(st);
+                        self.report(b"signal ", s);
+                        128 + s
+                    } else {
+                        continue;
+                    };
+                    // Leaving takes the rest of the namespace with us (the kernel kills it).
+                    libc::_exit(code);
+                }
+            }
+        }
+    }
+
+    /// Writes `<tag><n>\n` to the status pipe without allocating.
+    fn report(&self, tag: &[u8], n: i32) {
+        let mut buf = [0u8; 32];
+        let mut len = 0;
+        for &b in tag {
+            buf[len] = b;
+            len += 1;
+        }
+        let mut digits = [0u8; 12];
+        let mut d = 0;
+        let neg = n < 0;
+        let mut v = (n as i64).unsigned_abs();
+        loop {
+            digits[d] = b'0' + (v % 10) as u8;
+            d += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if neg {
+            buf[len] = b'-';
+            len += 1;
+        }
+        while d > 0 {
+            d -= 1;
+            buf[len] = digits[d];
+            len += 1;
+        }
+        buf[len] = b'\n';
+        len += 1;
+        // SAFETY: writing a stack buffer to our status descriptor.
+        unsafe { libc::write(self.status_fd, buf.as_ptr().cast(), len) };
+    }
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn close_all_but(keep: RawFd) {
+    // SAFETY: closing descriptor ranges of our own process.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+        if keep != 0 {
+            libc::close(0);
+        }
+    }
+}
+
+/// Overwrites this process's argv and environment block (inherited from pysandbox by
+/// clone) with zeros: `/proc/<pid>/cmdline` is world-readable and would show the host
+/// command line, with its paths, to the script.
+fn scrub_own_cmdline() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return;
+    };
+    // Fields after "(comm)": index 0 is field 3 (state); arg_start is field 48.
+    let f: Vec<usize> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    if f.len() < 49 {
+        return;
+    }
+    for (start, end) in [(f[45], f[46]), (f[47], f[48])] {
+        if start != 0 && end > start && end - start < (1 << 24) {
+            // SAFETY: [start, end) is this process's own argv/env area on its stack, as
+            // reported by the kernel; nothing reads it any more (std's args/env were
+            // copied at startup or are not used in this process).
+            unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+        }
+    }
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket/ioctl/close on a descriptor we own, with a properly sized ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(err("socket for lo"));
+        }
+        let mut req: IfReq = std::mem::zeroed();
+        req.name[0] = b'l' as libc::c_char;
+        req.name[1] = b'o' as libc::c_char;
+        let r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req);
+        if r < 0 {
+            let e = err("reading lo flags");
+            libc::close(s);
+            return Err(e);
+        }
+        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        let e = err("bringing lo up");
+        libc::close(s);
+        if r < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_V3: u32 = 0x2008_0522;
+
+// securebits: NOROOT, NO_SETUID_FIXUP (we clear by hand), KEEP_CAPS off, ambient raise
+// forbidden; every one locked.
+const SECUREBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
+
+/// Empties every capability set of this process (in the nested namespace it holds them
+/// all) and checks the result.
+fn drop_all_capabilities() -> Result<(), String> {
+    // SAFETY: prctl/capset/capget with properly laid out buffers.
+    unsafe {
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        check(
+            libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0),
+            "locking securebits",
+        )?;
+        let hdr = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        check(
+            libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) as libc::c_int,
+            "clearing capabilities",
+        )?;
+        let mut hdr = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let mut got = [CapData::default(); 2];
+        check(
+            libc::syscall(libc::SYS_capget, &mut hdr, got.as_mut_ptr()) as libc::c_int,
+            "reading capabilities",
+        )?;
+        let any = got
+            .iter()
+            .any(|d| d.effective | d.permitted | d.inheritable != 0);
+        let bset_left = (0..64).any(|c| libc::prctl(libc::PR_CAPBSET_READ, c, 0, 0, 0) == 1);
+        if any || bset_left {
+            return Err("capabilities could not be cleared".into());
+        }
+    }
+    Ok(())
+}
+
+impl Executor for SandboxExecutor {
+    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        self.plan.run_init()
+    }
+
+    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
+        self.plan
+            .prepare()
+            .map_err(ExecutorValidationError::ArgValidationError)
+    }
+
+    /// The environment goes to execve explicitly; this process's own environment is
+    /// irrelevant (and its memory is scrubbed in `prepare`).
+    fn setup_envs(
+        &self,
+        _envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), ExecutorSetEnvsError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(Status::parse(b"exit 3\n"), Some(Status::Exited(3)));
+        assert_eq!(Status::parse(b"signal 9\n"), Some(Status::Signaled(9)));
+        assert_eq!(
+            Status::parse(b"exec 2\nexit 127\n"),
+            Some(Status::ExecFailed(2))
+        );
+        assert_eq!(Status::parse(b"exec 2\n"), Some(Status::ExecFailed(2)));
+        assert_eq!(Status::parse(b""), None);
+        assert_eq!(Status::parse(b"garbage\n"), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! pysandbox's own side of the isolation, before libcontainer runs: which mode the host
+//! allows (real root, or an ordinary user), entering pysandbox's private namespaces, and
+//! staging every host path the sandbox will see as a mount inside a private tmpfs.
+//!
+//! Staging is what makes the rest safe and tidy:
+//! - host paths are opened here with `O_NOFOLLOW` and cloned with `open_tree`, so a
+//!   symlink planted as `output` cannot redirect a writable mount elsewhere;
+//! - as root, data/src/output are id-mapped (host root <-> the sandbox's unprivileged id),
+//!   so root's 0700 folders are readable by the sandbox and its output is owned by root;
+//! - the image is mounted read-only before libcontainer sees it, so nothing can write into
+//!   the shared image cache;
+//! - everything lives in a tmpfs mounted in pysandbox's private mount namespace: when
+//!   pysandbox exits, however it exits, the mounts and the state vanish with it.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+
+use super::RuntimeError;
+use crate::spec::HostIds;
+use crate::sys;
+
+/// The unprivileged host id a real-root run maps the sandbox to when there is no
+/// `SUDO_UID` (the sandbox never runs as host uid 0).
+pub const NOBODY: u32 = 65534;
+
+/// How this pysandbox process may isolate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Real root in the initial user namespace. The sandbox runs as `sandbox` ids on the
+    /// host; `caller` owns the output; `idmap` when the two differ.
+    Root {
+        sandbox: HostIds,
+        caller: HostIds,
+        idmap: bool,
+    },
+    /// An ordinary user, or root inside a user namespace: pysandbox enters a user
+    /// namespace of its own that maps the caller to root.
+    Rootless,
+}
+
+impl Mode {
+    pub fn detect() -> Result<Mode, RuntimeError> {
+        if sys::euid() != 0 {
+            return Ok(Mode::Rootless);
+        }
+        if !sys::in_initial_userns() {
+            // Root of a user namespace: fine when it is an ordinary user outside; not when
+            // it is the parent's root (`unshare -r` run by root): the sandbox would run as
+            // host uid 0, and the kernel exempts uid 0 from RLIMIT_NPROC, so a fork bomb
+            // would be unbounded. Fail closed.
+            if sys::outer_uid(0) == 0 {
+                return Err(RuntimeError::Input(
+                    "refusing to run: pysandbox is root in a user namespace whose root is its parent's root, so the sandbox would run as host uid 0 and its process limit could not hold. Hint: run pysandbox as root outside the namespace (it then maps the sandbox to an unprivileged id), or as an ordinary user".into(),
+                ));
+            }
+            return Ok(Mode::Rootless);
+        }
+        let env_id = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&v| v != 0)
+        };
+        match (env_id("SUDO_UID"), env_id("SUDO_GID")) {
+            (Some(uid), Some(gid)) => {
+                let ids = HostIds { uid, gid };
+                Ok(Mode::Root {
+                    sandbox: ids,
+                    caller: ids,
+                    idmap: false,
+                })
+            }
+            _ => Ok(Mode::Root {
+                sandbox: HostIds {
+                    uid: NOBODY,
+                    gid: NOBODY,
+                },
+                caller: HostIds { uid: 0, gid: 0 },
+                idmap: true,
+            }),
+        }
+    }
+
+    pub fn is_root(self) -> bool {
+        matches!(self, Mode::Root { .. })
+    }
+}
+
+fn host_err(step: &'static str, hint: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
+    move |source| RuntimeError::Host { step, source, hint }
+}
+
+/// Enters pysandbox's private namespaces. Must run single-threaded.
+pub fn enter_namespaces(mode: Mode) -> Result<(), RuntimeError> {
+    match mode {
+        Mode::Rootless => {
+            let (uid, gid) = (sys::euid(), sys::egid());
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| {
+                host_err(
+                    "creating a user namespace",
+                    "unprivileged user namespaces must be enabled: sysctl user.max_user_namespaces>0 (and kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu); under `unshare -U`, add --map-root-user",
+                )(io::Error::from(e))
+            })?;
+            let w = |p: &str, d: String| {
+                sys::write_existing(Path::new(p), d.as_bytes()).map_err(host_err(
+                    "writing the id map of pysandbox's user namespace",
+                    "your uid must be mapped in the current user namespace (use unshare --map-root-user)",
+                ))
+            };
+            w("/proc/self/setgroups", "deny".into())?;
+            w("/proc/self/uid_map", format!("0 {uid} 1"))?;
+            w("/proc/self/gid_map", format!("0 {gid} 1"))?;
+        }
+        Mode::Root { .. } => {
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
+                host_err(
+                    "creating a mount namespace",
+                    "run as root with CAP_SYS_ADMIN",
+                )(io::Error::from(e))
+            })?;
+        }
+    }
+    // Nothing we mount may leak back to the host, nor host mount events in.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| host_err("making mounts private", "")(e.into()))?;
+    if mode == Mode::Rootless {
+        expose_cgroup2()?;
+    }
+    Ok(())
+}
+
+/// libcgroups picks its v1 manager on a v1/hybrid host, which cannot work without root.
+/// In our own mount namespace, show it the cgroup2 hierarchy instead: its v2 manager
+/// tolerates a hierarchy it may not write to (limits then come from rlimits).
+fn expose_cgroup2() -> Result<(), RuntimeError> {
+    const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    let is_cg2 = |p: &str| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
+            .unwrap_or(false)
+    };
+    if is_cg2("/sys/fs/cgroup") {
+        return Ok(());
+    }
+    if is_cg2("/sys/fs/cgroup/unified") {
+        return mount(
+            Some("/sys/fs/cgroup/unified"),
+            "/sys/fs/cgroup",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| host_err("binding cgroup2 for the sandbox", "")(e.into()));
+    }
+    Err(RuntimeError::Host {
+        step: "finding a cgroup2 hierarchy",
+        source: io::Error::from(io::ErrorKind::NotFound),
+        hint: "this host mounts only cgroup v1; run pysandbox as root, or mount cgroup2 at /sys/fs/cgroup/unified",
+    })
+}
+
+/// Mounts the run's private tmpfs at `at` (mode 0711: as root, the sandbox's ids must
+/// traverse it to reach the staged mounts, and nothing else).
+pub fn mount_private_tmpfs(at: &Path) -> Result<(), RuntimeError> {
+    mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0711,size=16m"),
+    )
+    .map_err(|e| host_err("mounting the private state tmpfs", "")(e.into()))
+}
+
+pub fn mkdir(p: &Path, mode: u32) -> Result<(), RuntimeError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(p)
+        .map_err(host_err("creating a staging directory", ""))
+}
+
+/// A user namespace whose root is `ids` on the host, as a descriptor for id-mapped mounts.
+/// Made by a short-lived child (fork is fine: pysandbox is single-threaded here).
+pub fn userns_fd(ids: HostIds) -> Result<OwnedFd, RuntimeError> {
+    let err = host_err(
+        "creating the id mapping for the sandbox's mounts",
+        "run as root with CAP_SYS_ADMIN",
+    );
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 with a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptors.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded; the child only calls unshare/write/read/_exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                1
+            } else {
+                0
+            };
+            libc::write(w.as_raw_fd(), (&ok as *const u8).cast(), 1);
+            // Stay alive until the parent has opened our namespace and kills us.
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    drop(w);
+    let result = (|| {
+        let mut b = [0u8; 1];
+        let n = nix::unistd::read(r.as_raw_fd(), &mut b).map_err(io::Error::from)?;
+        if n != 1 || b[0] != 1 {
+            return Err(io::Error::other("child could not create a user namespace"));
+        }
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        sys::write_existing(&proc.join("uid_map"), format!("0 {} 1", ids.uid).as_bytes())?;
+        sys::write_existing(&proc.join("gid_map"), format!("0 {} 1", ids.gid).as_bytes())?;
+        let f = fs::File::open(proc.join("ns/user"))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(r);
+    // SAFETY: reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    result.map_err(err)
+}
+
+/// What to stage and how.
+pub struct Staging<'a> {
+    pub idmap: Option<&'a OwnedFd>,
+}
+
+impl Staging<'_> {
+    /// Mounts host directory `src` at `target` (an empty dir in the private tmpfs).
+    /// The last component of `src` must not be a symlink.
+    pub fn dir(
+        &self,
+        src: &Path,
+        target: &Path,
+        writable: bool,
+        idmapped: bool,
+    ) -> Result<(), RuntimeError> {
+        let fd = sys::open_dir_nofollow(src).map_err(|e| RuntimeError::Stage {
+            path: src.to_owned(),
+            source: e,
+        })?;
+        self.attach(&fd, src, target, writable, idmapped)
+    }
+
+    /// Mounts the regular host file `src` at the existing file `target`.
+    pub fn file(&self, src: &Path, target: &Path) -> Result<(), RuntimeError> {
+        let f = fs::File::open(src).map_err(|e| RuntimeError::Stage {
+            path: src.to_owned(),
+            source: e,
+        })?;
+        self.attach(&OwnedFd::from(f), src, target, false, false)
+    }
+
+    fn attach(
+        &self,
+        fd: &OwnedFd,
+        src: &Path,
+        target: &Path,
+        writable: bool,
+        idmapped: bool,
+    ) -> Result<(), RuntimeError> {
+        let stage = |source| RuntimeError::Stage {
+            path: src.to_owned(),
+            source,
+        };
+        // Non-recursive: submounts under a data folder stay out. A user namespace may not
+        // hide mounts it inherited locked, though; then take them along (read-only too).
+        let (mnt, recursive) = match sys::clone_mount(fd, false) {
+            Ok(m) => (m, false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                (sys::clone_mount(fd, true).map_err(stage)?, true)
+            }
+            Err(e) => return Err(stage(e)),
+        };
+        let mut attr = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        if !writable {
+            attr |= sys::MOUNT_ATTR_RDONLY;
+        }
+        let idmap = if idmapped { self.idmap } else { None };
+        sys::set_mount_attr(&mnt, attr, recursive, idmap).map_err(|e| {
+            if idmap.is_some() && e.raw_os_error() == Some(libc::EINVAL) {
+                RuntimeError::NoIdmap {
+                    path: src.to_owned(),
+                }
+            } else {
+                stage(e)
+            }
+        })?;
+        sys::attach_mount(&mnt, target).map_err(stage)
+    }
+}

@@ -1,0 +1,687 @@
+//! The only module that talks to libcontainer: prepares one run (host inputs, private
+//! namespaces, staged mounts, spec, pipes), creates and starts the container with the
+//! sandbox executor, supervises it, and cleans up. Also sweeps what a killed pysandbox
+//! left behind.
+//!
+//! Must be called from a single-threaded process: libcontainer forks with raw `clone3`
+//! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
+
+mod executor;
+mod host;
+mod supervise;
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{SigmaskHow, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+pub use executor::Status;
+pub use host::Mode;
+
+use crate::dirs;
+use crate::image::{self, ResolvedImage};
+use crate::limits::{self, CgroupSupport};
+use crate::policy::{KILL_GRACE, RunPolicy, Script, StdinSource};
+use crate::report::{RunReport, RunStatus};
+use crate::spec::{self, Bind, SpecInput};
+use crate::sys;
+
+/// Errors of the runtime; each names the step and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{step}: {source}{}", if hint.is_empty() { String::new() } else { format!(". Hint: {hint}") })]
+    Host {
+        step: &'static str,
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot expose {path} to the sandbox: {source}")]
+    Stage { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot expose {path} to the sandbox: its file system does not support id-mapped mounts, which root needs to share root-owned files with the sandbox's unprivileged user. Hint: run pysandbox as an ordinary user, or with sudo (SUDO_UID is honoured)"
+    )]
+    NoIdmap { path: PathBuf },
+    #[error("{step}: {source}")]
+    Container {
+        step: &'static str,
+        source: LibcontainerError,
+    },
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Logs how long after the run started a phase ended (`--log-level pysandbox=debug`).
+fn mark(phase: &str) {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t0 = T0.get_or_init(Instant::now);
+    tracing::debug!(target: "pysandbox::timing", "{phase}: {} us", t0.elapsed().as_micros());
+}
+
+fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
+    move |source| RuntimeError::Io { step, source }
+}
+
+fn lc_err(step: &'static str) -> impl FnOnce(LibcontainerError) -> RuntimeError {
+    move |source| RuntimeError::Container { step, source }
+}
+
+/// The environment every script starts with (nothing of the caller's leaks in).
+pub const BASE_ENV: &[(&str, &str)] = &[
+    ("PATH", "/opt/conda/bin:/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", spec::HOME_DIR),
+    ("USER", "mambauser"),
+    ("LOGNAME", "mambauser"),
+    ("LANG", "C.UTF-8"),
+    ("PYTHONDONTWRITEBYTECODE", "1"),
+];
+
+/// Host paths of one run, resolved in the caller's view before any namespace change.
+struct Inputs {
+    /// Host folder mounted at /usr/app/src, or a staged copy (`None` = stage `script`).
+    src_dir: Option<PathBuf>,
+    /// Source text to stage as /usr/app/src/<name> when there is no src_dir.
+    staged_script: Option<(String, Vec<u8>)>,
+    /// Path of the script inside the sandbox (None for --code).
+    script_in_sandbox: Option<String>,
+    data: Option<PathBuf>,
+    output: Option<PathBuf>,
+    stdin: Option<OwnedFd>,
+}
+
+fn input_err(msg: String) -> RuntimeError {
+    RuntimeError::Input(msg)
+}
+
+fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf, RuntimeError> {
+    let c = fs::canonicalize(p).map_err(|e| input_err(format!("{what} {}: {e}", p.display())))?;
+    if !c.is_dir() {
+        return Err(input_err(format!(
+            "{what} {} is not a directory",
+            p.display()
+        )));
+    }
+    Ok(c)
+}
+
+impl Inputs {
+    /// `created` collects the folders made here, with whether they may stay after a run.
+    fn gather(
+        p: &RunPolicy,
+        mode: Mode,
+        created: &mut Vec<(PathBuf, bool)>,
+    ) -> Result<Inputs, RuntimeError> {
+        let mut inp = Inputs {
+            src_dir: None,
+            staged_script: None,
+            script_in_sandbox: None,
+            data: None,
+            output: None,
+            stdin: None,
+        };
+        match &p.script {
+            Script::File(path) => {
+                let real = fs::canonicalize(path)
+                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
+                let meta = fs::metadata(&real)
+                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
+                if !meta.is_file() {
+                    return Err(input_err(format!(
+                        "script {} is not a regular file",
+                        path.display()
+                    )));
+                }
+                // Fail now, in the caller's terms, if the caller cannot read it.
+                fs::File::open(&real)
+                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
+                let name = real
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "script.py".into());
+                if p.no_fs {
+                    let body = fs::read(&real)
+                        .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
+                    inp.script_in_sandbox = Some(format!("{}/{name}", spec::SRC_DIR));
+                    inp.staged_script = Some((name, body));
+                } else if let Some(dev) = &p.dev_src {
+                    let dev = canonical_dir(dev, "--dev folder")?;
+                    let rel = real.strip_prefix(&dev).map_err(|_| {
+                        input_err(format!(
+                            "with --dev {}, the script must be inside that folder",
+                            dev.display()
+                        ))
+                    })?;
+                    inp.script_in_sandbox =
+                        Some(format!("{}/{}", spec::SRC_DIR, rel.to_string_lossy()));
+                    inp.src_dir = Some(dev);
+                } else {
+                    inp.script_in_sandbox = Some(format!("{}/{name}", spec::SRC_DIR));
+                    inp.src_dir = real.parent().map(Path::to_path_buf);
+                }
+            }
+            Script::Source(body) => {
+                inp.script_in_sandbox = Some(format!("{}/script.py", spec::SRC_DIR));
+                inp.staged_script = Some(("script.py".into(), body.clone()));
+                if let Some(dev) = &p.dev_src {
+                    inp.src_dir = Some(canonical_dir(dev, "--dev folder")?);
+                    inp.staged_script = None;
+                    return Err(input_err(
+                        "--dev needs a script file inside the --dev folder, not `-`".into(),
+                    ));
+                }
+            }
+            Script::Code(_) => {
+                if let Some(dev) = &p.dev_src {
+                    inp.src_dir = Some(canonical_dir(dev, "--dev folder")?);
+                }
+            }
+        }
+
+        if !p.no_fs {
+            let data = match &p.data {
+                Some(d) => canonical_dir(d, "data folder")?,
+                None => {
+                    let cwd = std::env::current_dir().map_err(|e| {
+                        input_err(format!("the current directory is not usable: {e}"))
+                    })?;
+                    canonical_dir(&cwd, "current directory")?
+                }
+            };
+            if data == Path::new("/") {
+                return Err(input_err(
+                    "refusing to share the whole host file system as the data folder. Hint: cd into a project folder, or pass --data DIR or --no-fs".into(),
+                ));
+            }
+            let default_out = data.join("output");
+            let out = p.output.clone().unwrap_or_else(|| default_out.clone());
+            let out = prepare_output(&out, p.output.is_some(), mode, created)?;
+            if out != default_out {
+                match fs::symlink_metadata(&default_out) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(input_err(format!(
+                            "{} exists and is not a folder, so --output cannot be mounted over it",
+                            default_out.display()
+                        )));
+                    }
+                    Err(_) => {
+                        fs::create_dir(&default_out).map_err(|e| {
+                            input_err(format!(
+                                "cannot create the mount point {}: {e}",
+                                default_out.display()
+                            ))
+                        })?;
+                        created.push((default_out, false));
+                    }
+                }
+            }
+            inp.data = Some(data);
+            inp.output = Some(out);
+        }
+
+        inp.stdin = match &p.stdin {
+            StdinSource::Null => None,
+            StdinSource::File(f) => {
+                let file = fs::File::open(f)
+                    .map_err(|e| input_err(format!("--stdin {}: {e}", f.display())))?;
+                Some(OwnedFd::from(file))
+            }
+            StdinSource::Inherit => {
+                if matches!(p.script, Script::Source(_)) {
+                    None // stdin carried the script itself
+                } else {
+                    // SAFETY: F_DUPFD_CLOEXEC on fd 0; a closed stdin just yields None.
+                    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+                    // SAFETY: fresh descriptor when fd >= 0.
+                    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+                }
+            }
+        };
+        Ok(inp)
+    }
+}
+
+/// Creates the output folder if missing; refuses symlinks and non-folders. As root for a
+/// sudo caller, the new folder belongs to that caller.
+fn prepare_output(
+    out: &Path,
+    explicit: bool,
+    mode: Mode,
+    created: &mut Vec<(PathBuf, bool)>,
+) -> Result<PathBuf, RuntimeError> {
+    match fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(input_err(format!(
+                "refusing output folder {}: it is a symbolic link (a script could write wherever it points)",
+                out.display()
+            )));
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(input_err(format!(
+                "output {} exists and is not a folder",
+                out.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let mut b = fs::DirBuilder::new();
+            b.mode(0o755).recursive(explicit);
+            b.create(out).map_err(|e| {
+                input_err(format!(
+                    "cannot create output folder {}: {e}",
+                    out.display()
+                ))
+            })?;
+            created.push((out.to_owned(), true));
+            if let Mode::Root { caller, .. } = mode
+                && caller.uid != 0
+            {
+                let _ = std::os::unix::fs::chown(out, Some(caller.uid), Some(caller.gid));
+            }
+        }
+    }
+    fs::canonicalize(out).map_err(|e| input_err(format!("output folder {}: {e}", out.display())))
+}
+
+/// Removes the lock files (and, as root, the cgroups) of runs whose pysandbox died.
+fn sweep(locks: &Path) {
+    let Ok(rd) = fs::read_dir(locks) else { return };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let Ok(f) = fs::OpenOptions::new().write(true).open(ent.path()) else {
+            continue;
+        };
+        // SAFETY: flock on a live descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue; // its pysandbox is alive
+        }
+        if limits::remove_stale_cgroups(id).is_empty() {
+            let _ = fs::remove_file(ent.path());
+        }
+    }
+}
+
+/// Creates `<id>.lock` already flocked (via a temporary name, so a sweeper never sees an
+/// unlocked lock file).
+fn take_lock(locks: &Path, id: &str) -> Result<fs::File, RuntimeError> {
+    let tmp = locks.join(format!(".{id}.tmp"));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("creating the run's lock file"))?;
+    // SAFETY: flock on a live descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("locking the run's lock file")(
+            io::Error::last_os_error(),
+        ));
+    }
+    fs::rename(&tmp, locks.join(format!("{id}.lock")))
+        .map_err(io_err("creating the run's lock file"))?;
+    Ok(f)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_err("creating a pipe")(e.into()))
+}
+
+fn cstring(s: &str) -> Result<CString, RuntimeError> {
+    CString::new(s).map_err(|_| input_err(format!("{s:?} contains a NUL byte")))
+}
+
+/// Descriptors open in this process (to be closed in the sandbox's init).
+fn open_fds() -> Vec<RawFd> {
+    let mut v: Vec<RawFd> = fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The directory's own descriptor is closed by now.
+    // SAFETY: F_GETFD only queries.
+    v.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    v
+}
+
+/// Runs one sandbox to completion. See the module docs for the threading requirement.
+pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
+    policy.validate()?;
+    let mode = Mode::detect()?;
+    mark("start");
+    let image = image::resolve(&policy.image)?;
+    mark("image resolved");
+    let mut created = Vec::new();
+    let result = Inputs::gather(policy, mode, &mut created)
+        .map_err(crate::Error::from)
+        .and_then(|inputs| run_prepared(policy, mode, &inputs, &image));
+    // Folders pysandbox created: a mount point for --output is never kept; an output
+    // folder only if the sandbox ran (nothing half-made is left by a failed start).
+    for (dir, keep_if_ran) in created.iter().rev() {
+        if !(*keep_if_ran && result.is_ok()) {
+            let _ = fs::remove_dir(dir); // only if still empty
+        }
+    }
+    result
+}
+
+fn run_prepared(
+    policy: &RunPolicy,
+    mode: Mode,
+    inputs: &Inputs,
+    image: &ResolvedImage,
+) -> Result<RunReport, crate::Error> {
+    let rt = dirs::runtime_dir(mode.is_root())?;
+    let locks = rt.join("locks");
+    let mnt = rt.join("mnt");
+    for d in [&locks, &mnt] {
+        match fs::DirBuilder::new().mode(0o711).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating the runtime directory")(e).into()),
+        }
+    }
+    sweep(&locks);
+    let id = sys::random_id("ps-").map_err(io_err("generating a run id"))?;
+    let lock = take_lock(&locks, &id)?;
+    let result = launch(policy, mode, inputs, image, &mnt, &id, &lock);
+    let cgroups_left = if mode.is_root() {
+        limits::remove_stale_cgroups(&id)
+    } else {
+        Vec::new()
+    };
+    if cgroups_left.is_empty() {
+        let _ = fs::remove_file(locks.join(format!("{id}.lock")));
+    }
+    drop(lock);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    policy: &RunPolicy,
+    mode: Mode,
+    inputs: &Inputs,
+    image: &ResolvedImage,
+    mnt: &Path,
+    id: &str,
+    _lock: &fs::File,
+) -> Result<RunReport, crate::Error> {
+    // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
+    // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
+    // every signal before exec.)
+    let relayed = supervise::relayed_set();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), None)
+        .map_err(|e| io_err("blocking signals")(e.into()))?;
+
+    host::enter_namespaces(mode)?;
+    mark("namespaces entered");
+    let idmap_ns = match mode {
+        Mode::Root {
+            sandbox,
+            idmap: true,
+            ..
+        } => Some(host::userns_fd(sandbox)?),
+        _ => None,
+    };
+    host::mount_private_tmpfs(mnt)?;
+    mark("idmap userns + tmpfs");
+    let state = mnt.join("state");
+    let bundle = mnt.join("bundle");
+    host::mkdir(&state, 0o711)?;
+    host::mkdir(&bundle, 0o711)?;
+    let stage = host::Staging {
+        idmap: idmap_ns.as_ref(),
+    };
+
+    let rootfs = bundle.join("rootfs");
+    host::mkdir(&rootfs, 0o755)?;
+    stage.dir(&image.rootfs, &rootfs, false, false)?;
+
+    let mut binds = Vec::new();
+    if let Some(src) = &inputs.src_dir {
+        let t = bundle.join("src");
+        host::mkdir(&t, 0o755)?;
+        stage.dir(src, &t, false, true)?;
+        binds.push(Bind {
+            source: t,
+            dest: spec::SRC_DIR,
+            writable: false,
+        });
+    } else if let Some((name, body)) = &inputs.staged_script {
+        let t = bundle.join("script");
+        host::mkdir(&t, 0o755)?;
+        fs::write(t.join(name), body).map_err(io_err("staging the script"))?;
+        binds.push(Bind {
+            source: t,
+            dest: spec::SRC_DIR,
+            writable: false,
+        });
+    }
+    if let Some(data) = &inputs.data {
+        let t = bundle.join("data");
+        host::mkdir(&t, 0o755)?;
+        stage.dir(data, &t, false, true)?;
+        binds.push(Bind {
+            source: t,
+            dest: spec::DATA_DIR,
+            writable: false,
+        });
+    }
+    if let Some(out) = &inputs.output {
+        let t = bundle.join("output");
+        host::mkdir(&t, 0o755)?;
+        stage.dir(out, &t, true, true)?;
+        binds.push(Bind {
+            source: t,
+            dest: spec::OUTPUT_DIR,
+            writable: true,
+        });
+    }
+    if policy.network && rootfs.join("etc/resolv.conf").is_file() {
+        if let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
+            .ok()
+            .filter(|p| p.is_file())
+        {
+            let t = bundle.join("resolv.conf");
+            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
+            stage.file(&host_resolv, &t)?;
+            binds.push(Bind {
+                source: t,
+                dest: "/etc/resolv.conf",
+                writable: false,
+            });
+        }
+    }
+
+    let mut argv = vec![image.python.clone()];
+    match (&policy.script, &inputs.script_in_sandbox) {
+        (Script::Code(code), _) => {
+            argv.push("-c".into());
+            argv.push(code.clone());
+        }
+        (_, Some(path)) => argv.push(path.clone()),
+        (_, None) => unreachable!("a script file or source always has a path"),
+    }
+    argv.extend(policy.args.iter().cloned());
+    let mut env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &policy.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+
+    let cgroups = if mode.is_root() {
+        CgroupSupport::detect_for_root()
+    } else {
+        CgroupSupport::None
+    };
+    let spec = spec::build(&SpecInput {
+        rootfs: rootfs.clone(),
+        argv: argv.clone(),
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        binds,
+        host_network: policy.network,
+        userns: match mode {
+            Mode::Root { sandbox, .. } => Some(sandbox),
+            Mode::Rootless => None,
+        },
+        cgroups_path: limits::cgroup_path(id),
+        cgroup_limits: cgroups.enforces_memory(),
+        limit_swap: matches!(
+            cgroups,
+            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
+        ),
+        limits: policy.limits.clone(),
+        rlimits: limits::rlimits(&policy.limits, cgroups.enforces_memory()),
+    })?;
+    mark("staged");
+    spec.save(bundle.join("config.json"))
+        .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
+
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+
+    if mode.is_root() {
+        // Root's supplementary groups (gid 0...) would otherwise follow into the sandbox.
+        nix::unistd::setgroups(&[])
+            .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
+    }
+    let child_ends = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let close_fds: Vec<RawFd> = open_fds()
+        .into_iter()
+        .filter(|fd| *fd > 2 && *fd != status_w.as_raw_fd() && !child_ends.contains(fd))
+        .collect();
+    let plan = executor::ExecPlan {
+        python: cstring(&image.python)?,
+        argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+        envp: env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?,
+        loopback: !policy.network,
+        status_fd: status_w.as_raw_fd(),
+        close_fds,
+    };
+
+    mark("spec saved");
+    let started = Instant::now();
+    let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(executor::SandboxExecutor::new(plan))
+        .with_root_path(&state)
+        .map_err(lc_err("setting the state directory"))?
+        .validate_id()
+        .map_err(lc_err("validating the run id"))?
+        .with_stdin(in_r)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc_err("creating the sandbox"))?;
+    drop(status_w);
+    let init_pid = container
+        .pid()
+        .ok_or_else(|| input_err("the sandbox has no init process".into()))?
+        .as_raw();
+    let pidfd = sys::pidfd_open(init_pid).map_err(io_err("watching the sandbox"))?;
+    let signals = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| io_err("receiving signals")(e.into()))?;
+
+    mark("container built");
+    let supervised = match container.start() {
+        Ok(()) => supervise::Supervisor {
+            init_pid,
+            pidfd,
+            signals,
+            input: match &inputs.stdin {
+                Some(fd) => {
+                    supervise::Input::Fd(fd.try_clone().map_err(io_err("duplicating stdin"))?)
+                }
+                None => supervise::Input::None,
+            },
+            to_sandbox: Some(in_w),
+            from_stdout: out_r,
+            from_stderr: err_r,
+            timeout: policy.limits.timeout,
+            grace: KILL_GRACE,
+        }
+        .run(started)
+        .map_err(io_err("supervising the sandbox")),
+        Err(e) => Err(lc_err("starting the sandbox")(e)),
+    };
+    // Whatever happened, the container goes (force: kills a live init, removes cgroups).
+    mark("supervised");
+    let deleted = container.delete(true);
+    mark("deleted");
+    let supervised = supervised?;
+    deleted.map_err(lc_err("deleting the sandbox"))?;
+    let status = Status::parse(&supervise::read_all(status_r));
+    Ok(make_report(id, &image.name, &supervised, status))
+}
+
+/// The report from what supervision saw and what the init reported.
+fn make_report(
+    id: &str,
+    image: &str,
+    supervised: &supervise::Supervised,
+    status: Option<Status>,
+) -> RunReport {
+    let ws = supervised.wait_status;
+    let (status, exit_code, signal, error) = match status {
+        _ if supervised.timed_out => (RunStatus::Timeout, None, None, None),
+        Some(Status::Exited(0)) => (RunStatus::Ok, Some(0), None, None),
+        Some(Status::Exited(c)) => (RunStatus::ExitNonzero, Some(c), None, None),
+        Some(Status::Signaled(s)) => (RunStatus::Signaled, None, Some(s), None),
+        Some(Status::ExecFailed(errno)) => (
+            RunStatus::SandboxError,
+            None,
+            None,
+            Some(format!(
+                "the interpreter could not be started in the sandbox: {}",
+                io::Error::from_raw_os_error(errno)
+            )),
+        ),
+        // No report from the init: it was killed (pysandbox's SIGKILL) or died early.
+        None if libc::WIFSIGNALED(ws) => {
+            (RunStatus::Signaled, None, Some(libc::WTERMSIG(ws)), None)
+        }
+        None => match libc::WEXITSTATUS(ws) {
+            0 => (RunStatus::Ok, Some(0), None, None),
+            c => (RunStatus::ExitNonzero, Some(c), None, None),
+        },
+    };
+    RunReport {
+        id: id.to_string(),
+        image: image.to_string(),
+        status,
+        exit_code,
+        signal,
+        interrupted_by: supervised.interrupted.map(|s| s as i32),
+        wall_ms: supervised.wall.as_millis() as u64,
+        error,
+    }
+}

@@ -1,0 +1,332 @@
+//! Supervision of a started sandbox from pysandbox's single thread: pumps stdin into the
+//! sandbox and its stdout/stderr out, enforces the wall-clock deadline (SIGTERM, then
+//! SIGKILL after a grace), relays SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to pysandbox, and
+//! waits for the sandbox's init. One `poll` loop over pidfd, signalfd and the pipes.
+//!
+//! The sandbox never gets a host descriptor: a file or terminal fd could be re-opened
+//! through `/proc/self/fd` with other flags (write to a file given as stdin) or used for
+//! terminal ioctls. It gets pipes; pysandbox copies.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+
+/// The signals pysandbox relays to the sandbox (blocked in pysandbox for its whole run).
+pub const RELAYED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+pub fn relayed_set() -> SigSet {
+    let mut s = SigSet::empty();
+    for &sig in RELAYED {
+        s.add(sig);
+    }
+    s
+}
+
+/// Where the sandbox's stdin comes from.
+pub enum Input {
+    /// A readable host descriptor (pysandbox's stdin or an opened file).
+    Fd(OwnedFd),
+    /// Nothing: the pipe is closed at once.
+    None,
+}
+
+pub struct Supervisor {
+    pub init_pid: i32,
+    pub pidfd: OwnedFd,
+    pub signals: SignalFd,
+    pub input: Input,
+    pub to_sandbox: Option<OwnedFd>,
+    pub from_stdout: OwnedFd,
+    pub from_stderr: OwnedFd,
+    pub timeout: Duration,
+    pub grace: Duration,
+}
+
+/// How supervision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supervised {
+    /// Raw wait status of the sandbox's init.
+    pub wait_status: i32,
+    pub timed_out: bool,
+    /// A relayed signal pysandbox received.
+    pub interrupted: Option<Signal>,
+    pub wall: Duration,
+}
+
+enum Phase {
+    Running,
+    /// SIGTERM sent; SIGKILL at the instant.
+    Stopping(Instant),
+    Killed,
+}
+
+const BUF: usize = 64 * 1024;
+
+fn poll_timeout(until: Instant, now: Instant) -> libc::c_int {
+    let ms = until.saturating_duration_since(now).as_millis();
+    // Round up so we do not spin just before the deadline.
+    (ms + 1).min(i32::MAX as u128) as libc::c_int
+}
+
+impl Supervisor {
+    pub fn run(mut self, started: Instant) -> io::Result<Supervised> {
+        let deadline = started + self.timeout;
+        let mut phase = Phase::Running;
+        let mut timed_out = false;
+        let mut interrupted = None;
+        let mut input_open = !matches!(self.input, Input::None);
+        if !input_open {
+            self.to_sandbox = None;
+        }
+        if let Some(fd) = &self.to_sandbox {
+            set_nonblocking(fd.as_raw_fd())?;
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        let mut out_open = true;
+        let mut err_open = true;
+        // Once our own stdout/stderr is gone (EPIPE), keep draining but discard.
+        let mut out_sink_ok = true;
+        let mut err_sink_ok = true;
+        let mut buf = vec![0u8; BUF];
+
+        loop {
+            let now = Instant::now();
+            let wake = match phase {
+                Phase::Running => deadline,
+                Phase::Stopping(kill_at) => kill_at,
+                Phase::Killed => now + Duration::from_secs(3600),
+            };
+            if now >= wake {
+                match phase {
+                    Phase::Running => {
+                        timed_out = true;
+                        self.signal_init(libc::SIGTERM);
+                        phase = Phase::Stopping(now + self.grace);
+                    }
+                    Phase::Stopping(_) => {
+                        self.signal_init(libc::SIGKILL);
+                        phase = Phase::Killed;
+                    }
+                    Phase::Killed => {}
+                }
+                continue;
+            }
+
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(6);
+            let mut push = |fd: RawFd, events: libc::c_short| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                fds.len() - 1
+            };
+            let i_pid = push(self.pidfd.as_raw_fd(), libc::POLLIN);
+            let i_sig = push(self.signals.as_raw_fd(), libc::POLLIN);
+            let i_out = out_open.then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
+            let i_err = err_open.then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
+            let i_in = match (&self.input, &self.to_sandbox) {
+                (Input::Fd(fd), Some(_)) if input_open && pending.is_empty() => {
+                    Some(push(fd.as_raw_fd(), libc::POLLIN))
+                }
+                _ => None,
+            };
+            let i_to = match &self.to_sandbox {
+                Some(fd) if !pending.is_empty() => Some(push(fd.as_raw_fd(), libc::POLLOUT)),
+                _ => None,
+            };
+            // SAFETY: fds is a valid array of pollfd for the duration of the call.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    poll_timeout(wake, now),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let ready = |i: usize| fds[i].revents != 0;
+
+            if ready(i_sig) {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    let sig = info.ssi_signo as libc::c_int;
+                    if let Ok(s) = Signal::try_from(sig) {
+                        interrupted.get_or_insert(s);
+                    }
+                    match phase {
+                        Phase::Running => {
+                            self.signal_init(sig);
+                            phase = Phase::Stopping(Instant::now() + self.grace);
+                        }
+                        _ => {
+                            self.signal_init(libc::SIGKILL);
+                            phase = Phase::Killed;
+                        }
+                    }
+                }
+            }
+            if let Some(i) = i_out
+                && ready(i)
+            {
+                out_open = pump(
+                    &self.from_stdout,
+                    &mut buf,
+                    &mut io::stdout().lock(),
+                    &mut out_sink_ok,
+                );
+            }
+            if let Some(i) = i_err
+                && ready(i)
+            {
+                err_open = pump(
+                    &self.from_stderr,
+                    &mut buf,
+                    &mut io::stderr().lock(),
+                    &mut err_sink_ok,
+                );
+            }
+            if let (Some(i), Input::Fd(fd)) = (i_in, &self.input)
+                && ready(i)
+            {
+                match read_fd(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) | Err(_) => {
+                        input_open = false;
+                        self.to_sandbox = None; // EOF for the script
+                    }
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+            if let (Some(i), Some(fd)) = (i_to, &self.to_sandbox)
+                && ready(i)
+            {
+                // SAFETY: writing from a live buffer to our pipe end.
+                let w =
+                    unsafe { libc::write(fd.as_raw_fd(), pending.as_ptr().cast(), pending.len()) };
+                if w > 0 {
+                    pending.drain(..w as usize);
+                } else if w < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                    // The script closed its stdin: stop feeding it.
+                    input_open = false;
+                    pending.clear();
+                    self.to_sandbox = None;
+                }
+            }
+            if ready(i_pid) {
+                break;
+            }
+        }
+
+        // The init is gone; the kernel has killed the rest of its pid namespace, so every
+        // writer of the output pipes is gone too: drain them to EOF.
+        self.to_sandbox = None;
+        while out_open {
+            out_open = pump(
+                &self.from_stdout,
+                &mut buf,
+                &mut io::stdout().lock(),
+                &mut out_sink_ok,
+            );
+        }
+        while err_open {
+            err_open = pump(
+                &self.from_stderr,
+                &mut buf,
+                &mut io::stderr().lock(),
+                &mut err_sink_ok,
+            );
+        }
+        let _ = io::stdout().flush();
+        let mut status: libc::c_int = 0;
+        loop {
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(self.init_pid, &mut status, 0) };
+            if r >= 0 {
+                break;
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Supervised {
+            wait_status: status,
+            timed_out,
+            interrupted,
+            wall: started.elapsed(),
+        })
+    }
+
+    fn signal_init(&self, sig: libc::c_int) {
+        // pidfd_send_signal: no pid-reuse race (the init is our unreaped child anyway).
+        // SAFETY: plain syscall with a live pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reading into a live buffer.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Copies one chunk from `from` to `to`. Returns whether `from` is still open.
+fn pump(from: &OwnedFd, buf: &mut [u8], to: &mut dyn Write, sink_ok: &mut bool) -> bool {
+    match read_fd(from.as_raw_fd(), buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            if *sink_ok && to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                *sink_ok = false;
+            }
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+        Err(_) => false,
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a live descriptor.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads everything from a descriptor whose writers are gone.
+pub fn read_all(fd: OwnedFd) -> Vec<u8> {
+    let mut f = std::fs::File::from(fd);
+    let mut v = Vec::new();
+    let _ = f.read_to_end(&mut v);
+    v
+}

@@ -1,0 +1,275 @@
+//! Thin, checked wrappers over the Linux system calls pysandbox needs and `nix` 0.29
+//! lacks (the new mount API, `openat2`, pidfds, `close_range`), plus a few helpers that
+//! read kernel state. Each wrapper turns `-1/errno` into `io::Error`; nothing here holds
+//! policy.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE|AT_EMPTY_PATH)`: a detached copy of the mount at
+/// `fd` (an `O_PATH` directory), recursive when `recursive`.
+pub fn clone_mount(fd: &OwnedFd, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the path is a valid empty C string, fd is a live descriptor; the kernel
+    // returns a new descriptor that we own.
+    let r = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_ulong,
+        )
+    })?;
+    // SAFETY: r is a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `mount_setattr` on a detached mount: set `set` flags (MOUNT_ATTR_*), optionally an
+/// id-mapping taken from the user namespace `userns`.
+pub fn set_mount_attr(
+    mnt: &OwnedFd,
+    set: u64,
+    recursive: bool,
+    userns: Option<&OwnedFd>,
+) -> io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    if let Some(ns) = userns {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = ns.as_raw_fd() as u64;
+    }
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: attr is a properly laid out `struct mount_attr` living for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_ulong,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// `move_mount(mnt, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached
+/// mount at `target`.
+pub fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: both strings are valid C strings for the duration of the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+/// `openat2(root, path, flags, RESOLVE_IN_ROOT)`: opens `path` as if `root` were `/`, so
+/// absolute symlinks and `..` cannot leave it. Used to look inside image trees.
+pub fn open_in_root(root: &OwnedFd, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `how` is a valid `struct open_how`, `p` a valid C string.
+    let r = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Opens a directory as `O_PATH`, refusing a symlink in the last component.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: valid C string; the returned descriptor is owned below.
+    let r = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Marks every descriptor from `first` up close-on-exec.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })?;
+    Ok(())
+}
+
+/// Fills `buf` from the kernel's random pool.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the pointer/length pair describes the unfilled tail of `buf`.
+        let r = unsafe { libc::getrandom(buf[off..].as_mut_ptr().cast(), buf.len() - off, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        off += r as usize;
+    }
+    Ok(())
+}
+
+/// A fresh identifier: `prefix` + 16 hex digits.
+pub fn random_id(prefix: &str) -> io::Result<String> {
+    let mut b = [0u8; 8];
+    random_bytes(&mut b)?;
+    let mut s = String::with_capacity(prefix.len() + 16);
+    s.push_str(prefix);
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    Ok(s)
+}
+
+/// Effective uid/gid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() }
+}
+pub fn egid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getegid() }
+}
+
+/// Whether this process is in the initial user namespace (its uid map is the identity
+/// over the whole range). Root in a nested namespace is not real root.
+pub fn in_initial_userns() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(s) => {
+            let f: Vec<&str> = s.split_whitespace().collect();
+            f == ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
+
+/// The uid that `uid` (in our namespace) has in the parent user namespace, from
+/// `/proc/self/uid_map`. Identity in the initial namespace.
+pub fn outer_uid(uid: u32) -> u32 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return uid;
+    };
+    for line in s.lines() {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [inside, outside, len] = f[..] {
+            let u = uid as u64;
+            if u >= inside && u < inside + len {
+                return (outside + (u - inside)) as u32;
+            }
+        }
+    }
+    uid
+}
+
+/// Soft and hard limit of an rlimit resource.
+pub fn getrlimit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid out-pointer.
+    unsafe { libc::getrlimit(resource, &mut r) };
+    (r.rlim_cur, r.rlim_max)
+}
+
+/// Writes `data` to a file that exists (procfs, cgroupfs): no create, no truncate dance.
+pub fn write_existing(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(data)
+}

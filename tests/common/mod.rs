@@ -1,0 +1,238 @@
+//! Shared helpers of the integration tests: run the real `pysandbox` binary as root, as
+//! an unprivileged user (uid 65534 through `setpriv`), and from inside
+//! `unshare --user --map-root-user --mount`, in throw-away folders owned by that user.
+//!
+//! A mode the host cannot run is skipped with a message, unless PYSANDBOX_MUST_WORK=1
+//! (set by CI), which turns every skip into a failure.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const NOBODY: u32 = 65534;
+
+/// Who runs pysandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Real root.
+    Root,
+    /// uid/gid 65534, no supplementary groups, a scrubbed environment.
+    User,
+    /// uid 65534 inside `unshare --user --map-root-user --mount`.
+    UserInUserns,
+    /// root inside `unshare --user --map-root-user --mount` (refused: see tests/run.rs).
+    RootInUserns,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn must_work() -> bool {
+    std::env::var("PYSANDBOX_MUST_WORK").as_deref() == Ok("1")
+}
+
+/// Whether `who` can run here; prints why not (or panics under PYSANDBOX_MUST_WORK=1).
+pub fn available(who: Who) -> bool {
+    if is_root() {
+        return true;
+    }
+    let msg = format!("SKIP {who:?}: the tests must run as root to switch users");
+    if must_work() {
+        panic!("{msg} (PYSANDBOX_MUST_WORK=1)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+struct Shared {
+    bin: PathBuf,
+    user_home: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The binary copied where an unprivileged user can execute it, and a HOME for that user
+/// shared by all tests of this process (one image build).
+fn shared() -> &'static Shared {
+    static S: OnceLock<Shared> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("pysandbox-it-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("pysandbox");
+        std::fs::copy(env!("CARGO_BIN_EXE_pysandbox"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let user_home = dir.path().join("home");
+        std::fs::create_dir(&user_home).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(&user_home, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        Shared {
+            bin,
+            user_home,
+            _dir: dir,
+        }
+    })
+}
+
+pub fn bin() -> &'static Path {
+    &shared().bin
+}
+
+pub fn user_home() -> &'static Path {
+    &shared().user_home
+}
+
+/// A fresh folder owned by the user `who` runs as.
+pub fn workdir(who: Who) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("pysandbox-work-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    if matches!(who, Who::User | Who::UserInUserns) {
+        std::os::unix::fs::chown(d.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    d
+}
+
+/// Writes a file into a work folder, owned like the folder.
+pub fn put(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    let m = std::fs::metadata(dir).unwrap();
+    std::os::unix::fs::chown(&p, Some(m.uid()), Some(m.gid())).unwrap();
+    p
+}
+
+/// The uid that owns files `who` creates, on the host.
+pub fn host_uid(who: Who) -> u32 {
+    match who {
+        Who::Root | Who::RootInUserns => 0,
+        Who::User | Who::UserInUserns => NOBODY,
+    }
+}
+
+/// The command that runs pysandbox as `who`, in `dir`, with `args`.
+pub fn command(who: Who, dir: &Path, args: &[&str]) -> Command {
+    let bin = bin().to_str().unwrap();
+    let mut prefix: Vec<String> = Vec::new();
+    if matches!(who, Who::User | Who::UserInUserns) {
+        prefix.extend(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "env",
+                "-i",
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "LANG=C.UTF-8",
+            ]
+            .map(String::from),
+        );
+        prefix.push(format!("HOME={}", user_home().display()));
+    }
+    if matches!(who, Who::UserInUserns | Who::RootInUserns) {
+        prefix.extend(["unshare", "--user", "--map-root-user", "--mount"].map(String::from));
+    }
+    let mut cmd = if prefix.is_empty() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new(&prefix[0]);
+        c.args(&prefix[1..]).arg(bin);
+        c
+    };
+    cmd.args(args).current_dir(dir);
+    cmd
+}
+
+/// Runs pysandbox to completion with `stdin` as input.
+pub fn run_in(who: Who, dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = command(who, dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pysandbox");
+    let mut sin = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = sin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+/// Runs a script body (saved as `t.py` in a fresh work folder) with extra args.
+pub fn run_script(who: Who, body: &str, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = workdir(who);
+    put(dir.path(), "t.py", body);
+    let mut args = vec!["run", "t.py"];
+    args.extend_from_slice(extra);
+    (run_in(who, dir.path(), &args, b""), dir)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts an exit status, showing both streams on failure.
+pub fn assert_code(o: &Output, code: i32, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: unexpected exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Pids of every process whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline"))
+            && String::from_utf8_lossy(&c).contains(marker)
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Waits up to `limit` for no process to carry `marker`.
+pub fn wait_gone(marker: &str, limit: Duration) -> Vec<i32> {
+    let t = Instant::now();
+    loop {
+        let p = processes_with(marker);
+        if p.is_empty() || t.elapsed() > limit {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn unique(tag: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,482 @@
+//! `pysandbox run` end to end, in every mode: as root, as an unprivileged user, and as
+//! that user from inside a user namespace (`unshare -Ur`). Real sandboxes, real kernel.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// Generates one #[test] per mode from a body taking `who: Who`.
+macro_rules! each_mode {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            fn body(who: Who) {
+                if !available(who) {
+                    return;
+                }
+                let f: fn(Who) = $body;
+                f(who)
+            }
+            #[test]
+            fn root() {
+                body(Who::Root)
+            }
+            #[test]
+            fn user() {
+                body(Who::User)
+            }
+            #[test]
+            fn user_in_userns() {
+                body(Who::UserInUserns)
+            }
+        }
+    };
+}
+
+each_mode!(exit_status_and_streams, |who| {
+    let (o, _d) = run_script(
+        who,
+        "import sys\nprint('out', sys.argv[1:])\nprint('err', file=sys.stderr)\nsys.exit(3)\n",
+        &["--flag", "x"],
+    );
+    assert_code(&o, 3, "benign script");
+    assert_eq!(stdout(&o), "out ['--flag', 'x']\n");
+    assert_eq!(stderr(&o), "err\n");
+});
+
+each_mode!(same_result_as_host_python, |who| {
+    // The test is right if plain python on the host agrees (STYLE: same test, two runtimes).
+    let body = "import json, hashlib, decimal\nprint(json.dumps({'h': hashlib.sha256(b'x').hexdigest(), 'd': str(decimal.Decimal(1) / 7)}))\n";
+    let (o, d) = run_script(who, body, &[]);
+    assert_code(&o, 0, "script");
+    let host = std::process::Command::new("python3")
+        .arg(d.path().join("t.py"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), String::from_utf8_lossy(&host.stdout));
+});
+
+each_mode!(folders, |who| {
+    let dir = workdir(who);
+    put(dir.path(), "data.txt", "some data\n");
+    put(
+        dir.path(),
+        "t.py",
+        r#"
+import os, sys
+assert os.getcwd() == '/usr/app/data', os.getcwd()
+assert open('data.txt').read() == 'some data\n'
+assert os.path.exists('/usr/app/src/t.py')
+with open('output/result.txt', 'w') as f:
+    f.write('result')
+for p in ['/usr/app/data/new.txt', '/x', '/usr/x', '/opt/conda/x', '/usr/app/src/x', '/etc/passwd']:
+    try:
+        open(p, 'a').write('x')
+        print('WROTE', p)
+    except OSError as e:
+        pass
+for p in ['/tmp/x', os.path.expanduser('~/x')]:
+    open(p, 'w').write('ok')
+print('done')
+"#,
+    );
+    let o = run_in(who, dir.path(), &["run", "t.py"], b"");
+    assert_code(&o, 0, "folders");
+    assert_eq!(stdout(&o), "done\n");
+    let res = dir.path().join("output/result.txt");
+    assert_eq!(std::fs::read_to_string(&res).unwrap(), "result");
+    let m = std::fs::metadata(&res).unwrap();
+    assert_eq!(m.uid(), host_uid(who), "output owned by the caller");
+    assert!(!dir.path().join("new.txt").exists());
+});
+
+each_mode!(identity_and_privileges, |who| {
+    let (o, _d) = run_script(
+        who,
+        r#"
+import os, socket
+st = dict(l.split(':\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\t' in l)
+for k in ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']:
+    assert int(st[k], 16) == 0, (k, st[k])
+assert st['NoNewPrivs'].strip() == '1'
+assert os.getuid() != 0 and os.geteuid() != 0 and os.getgid() != 0
+import pwd
+assert pwd.getpwuid(os.getuid()).pw_name == 'mambauser'
+assert socket.gethostname() == 'sandbox'
+# A pid namespace of our own: only our init and us (and what we start).
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+assert len(pids) <= 3, pids
+assert os.getpid() < 10
+print('ok')
+"#,
+        &[],
+    );
+    assert_code(&o, 0, "identity");
+    assert_eq!(stdout(&o), "ok\n");
+});
+
+each_mode!(environment_is_scrubbed, |who| {
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "t.py",
+        r#"
+import os
+leak = [k for k in os.environ if 'SECRET' in k or 'SECRET' in os.environ[k]]
+assert not leak, leak
+assert os.environ['GIVEN'] == 'yes'
+for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
+    for f in ['cmdline', 'environ']:
+        try:
+            data = open(f'/proc/{pid}/{f}', 'rb').read()
+        except OSError:
+            continue
+        assert b'SECRET' not in data and b'/tmp/pysandbox-work' not in data, (pid, f, data[:200])
+print('ok')
+"#,
+    );
+    let mut cmd = command(who, dir.path(), &["run", "-e", "GIVEN=yes", "t.py"]);
+    // setpriv's `env -i` would drop it for the unprivileged modes: put it after.
+    cmd.env("PYSANDBOX_TEST_SECRET", "SECRET-value");
+    if matches!(who, Who::User | Who::UserInUserns) {
+        let mut args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into()).collect();
+        let i = args.iter().position(|a| a == "-i").unwrap();
+        args.insert(i + 1, "SECRET_TOKEN=SECRET-value".into());
+        let prog = cmd.get_program().to_owned();
+        cmd = std::process::Command::new(prog);
+        cmd.args(args).current_dir(dir.path());
+    }
+    let o = cmd.output().unwrap();
+    assert_code(&o, 0, "environment");
+});
+
+each_mode!(network_is_loopback_only, |who| {
+    // A listener on the host's loopback must be unreachable from the sandbox.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = format!(
+        r#"
+import socket, threading
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=2)
+    print('HOST REACHED')
+except OSError:
+    pass
+try:
+    socket.create_connection(('10.0.2.2', 80), timeout=1)
+    print('OUTSIDE REACHED')
+except OSError:
+    pass
+s = socket.socket()
+s.bind(('127.0.0.1', 0)); s.listen()
+def serve():
+    c, _ = s.accept(); c.sendall(c.recv(10).upper()); c.close()
+threading.Thread(target=serve).start()
+c = socket.create_connection(s.getsockname())
+c.sendall(b'ping'); print(c.recv(10).decode())
+"#
+    );
+    let (o, _d) = run_script(who, &body, &[]);
+    assert_code(&o, 0, "network");
+    assert_eq!(stdout(&o), "PING\n");
+    l.set_nonblocking(true).unwrap();
+    assert!(l.accept().is_err(), "the sandbox connected to the host");
+});
+
+each_mode!(stdin_sources, |who| {
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "t.py",
+        "import sys\nprint(sys.stdin.read().upper(), end='')\n",
+    );
+    let o = run_in(who, dir.path(), &["run", "t.py"], b"piped in\n");
+    assert_code(&o, 0, "stdin passthrough");
+    assert_eq!(stdout(&o), "PIPED IN\n");
+
+    put(dir.path(), "in.txt", "from file\n");
+    let o = run_in(
+        who,
+        dir.path(),
+        &["run", "--stdin", "in.txt", "t.py"],
+        b"ignored",
+    );
+    assert_code(&o, 0, "--stdin");
+    assert_eq!(stdout(&o), "FROM FILE\n");
+
+    // Script from stdin, and --code.
+    let o = run_in(
+        who,
+        dir.path(),
+        &["run", "-", "a1"],
+        b"import sys\nprint('stdin script', sys.argv[1:])\n",
+    );
+    assert_code(&o, 0, "script -");
+    assert_eq!(stdout(&o), "stdin script ['a1']\n");
+    let o = run_in(
+        who,
+        dir.path(),
+        &[
+            "run",
+            "--code",
+            "import sys; print(sys.argv[1:])",
+            "x",
+            "--y",
+        ],
+        b"",
+    );
+    assert_code(&o, 0, "--code");
+    assert_eq!(stdout(&o), "['x', '--y']\n");
+});
+
+each_mode!(no_fs, |who| {
+    let dir = workdir(who);
+    put(dir.path(), "secret.txt", "s");
+    put(
+        dir.path(),
+        "t.py",
+        "import os\nassert os.listdir('/usr/app/data') == [], os.listdir('/usr/app/data')\nassert os.listdir('/usr/app/src') == ['t.py']\nprint('isolated')\n",
+    );
+    let o = run_in(who, dir.path(), &["run", "--no-fs", "t.py"], b"");
+    assert_code(&o, 0, "--no-fs");
+    assert_eq!(stdout(&o), "isolated\n");
+    assert!(
+        !dir.path().join("output").exists(),
+        "--no-fs must not create output/"
+    );
+});
+
+each_mode!(stdlib_modules, |who| {
+    let (o, _d) = run_script(
+        who,
+        r#"
+import ssl, sqlite3, ctypes, decimal, lzma, hashlib, json, uuid, multiprocessing, asyncio, zlib, bz2
+ssl.create_default_context()
+sqlite3.connect(':memory:').execute('select 1')
+ctypes.CDLL(None)
+uuid.uuid4()
+with multiprocessing.Pool(2) as p:
+    assert p.map(abs, [-1, -2]) == [1, 2]
+async def main():
+    srv = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)
+    srv.close()
+asyncio.run(main())
+try:
+    import pip
+    print('PIP PRESENT')
+except ImportError:
+    pass
+import shutil
+assert shutil.which('sh') is None and shutil.which('ls') is None
+print('ok')
+"#,
+        &[],
+    );
+    assert_code(&o, 0, "stdlib");
+    assert_eq!(stdout(&o), "ok\n");
+});
+
+each_mode!(timeout_kills_everything, |who| {
+    let marker = unique("tmo");
+    let (o, _d) = {
+        let dir = workdir(who);
+        put(
+            dir.path(),
+            "t.py",
+            "import os, time, sys\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nimport signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('started', flush=True)\ntime.sleep(60)\n",
+        );
+        let t = Instant::now();
+        let o = run_in(
+            who,
+            dir.path(),
+            &["run", "--timeout", "1s", "t.py", &marker],
+            b"",
+        );
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        (o, dir)
+    };
+    assert_code(&o, 124, "timeout");
+    assert_eq!(stdout(&o), "started\n");
+    let left = wait_gone(&marker, Duration::from_millis(500));
+    assert!(left.is_empty(), "processes left: {left:?}");
+});
+
+each_mode!(sigkill_of_pysandbox_leaves_nothing, |who| {
+    let marker = unique("kill");
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "t.py",
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
+    );
+    let mut child = command(who, dir.path(), &["run", "t.py", &marker])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    // The pysandbox process itself (setpriv/unshare exec into it: same pid).
+    let pysandbox_pid = child.id() as i32;
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(pysandbox_pid, libc::SIGKILL) };
+    child.wait().unwrap();
+    let left = wait_gone(&marker, Duration::from_secs(2));
+    assert!(left.is_empty(), "sandbox outlived pysandbox: {left:?}");
+    // The next run sweeps what the killed one left.
+    let o = run_in(who, dir.path(), &["run", "--code", "pass"], b"");
+    assert_code(&o, 0, "next run");
+    assert_no_stale_state(who);
+});
+
+/// Every lock file left in the runtime dir must belong to a live run (its flock held),
+/// and every pysandbox cgroup to a live run too.
+fn assert_no_stale_state(who: Who) {
+    let locks = match who {
+        Who::Root => std::path::PathBuf::from("/run/pysandbox/locks"),
+        Who::RootInUserns => unreachable!("refused"),
+        Who::User | Who::UserInUserns => std::path::PathBuf::from("/tmp/pysandbox-65534/run/locks"),
+    };
+    let live = |id: &str| -> bool {
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(locks.join(format!("{id}.lock")))
+        else {
+            return false;
+        };
+        // SAFETY: flock on a live descriptor.
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            ) != 0
+        }
+    };
+    for e in std::fs::read_dir(&locks).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".lock") {
+            assert!(live(id) || !e.path().exists(), "stale lock file {name}");
+        }
+    }
+    if who == Who::Root {
+        for ctrl in ["memory", "pids", "cpu"] {
+            let dir = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("pysandbox");
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if !e.path().is_dir() {
+                    continue;
+                }
+                let id = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    live(&id) || !e.path().exists(),
+                    "stale cgroup {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+each_mode!(bad_inputs_fail_with_125, |who| {
+    let dir = workdir(who);
+    for (args, needle) in [
+        (vec!["run", "missing.py"], "missing.py"),
+        (
+            vec!["run", "--image", "/nonexistent/rootfs", "--code", "pass"],
+            "/nonexistent/rootfs",
+        ),
+        (
+            vec!["run", "--timeout", "soon", "--code", "pass"],
+            "duration",
+        ),
+        (vec!["run", "--memory", "lots", "--code", "pass"], "size"),
+        (
+            vec!["run", "--data", "/nonexistent", "--code", "pass"],
+            "/nonexistent",
+        ),
+        (vec!["run"], "no script"),
+    ] {
+        let o = run_in(who, dir.path(), &args, b"");
+        let err = stderr(&o);
+        assert_code(&o, 125, &format!("{args:?}"));
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(stdout(&o).is_empty());
+    }
+    // Nothing half-written: no output folder for a run that never started.
+    assert!(!dir.path().join("output").exists());
+});
+
+each_mode!(output_symlink_is_refused, |who| {
+    let dir = workdir(who);
+    let target = workdir(who);
+    std::os::unix::fs::symlink(target.path(), dir.path().join("output")).unwrap();
+    let o = run_in(
+        who,
+        dir.path(),
+        &["run", "--code", "open('output/x','w')"],
+        b"",
+    );
+    assert_code(&o, 125, "symlinked output");
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert!(!target.path().join("x").exists());
+});
+
+each_mode!(limits_hold, |who| {
+    // Memory: a 2 GiB allocation under --memory 128M fails or gets the script killed.
+    let (o, _d) = run_script(
+        who,
+        "b = bytearray(2 << 30)\nprint('ALLOCATED')\n",
+        &["--memory", "128M"],
+    );
+    assert!(
+        !stdout(&o).contains("ALLOCATED"),
+        "memory limit not applied"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    // Processes: a fork bomb stops at --pids.
+    let (o, _d) = run_script(
+        who,
+        r#"
+import os, time
+n = 0
+try:
+    for _ in range(200):
+        if os.fork() == 0:
+            time.sleep(5); os._exit(0)
+        n += 1
+except OSError:
+    pass
+print(n)
+"#,
+        &["--pids", "16", "--timeout", "20s"],
+    );
+    assert_code(&o, 0, "fork bomb");
+    let n: u32 = stdout(&o).trim().parse().unwrap();
+    assert!(n < 16, "forked {n} processes with --pids 16");
+});
+
+#[test]
+fn root_in_a_root_mapped_userns_is_refused() {
+    // `unshare -r` by root: the sandbox would be host uid 0, exempt from RLIMIT_NPROC.
+    if !available(Who::RootInUserns) {
+        return;
+    }
+    let dir = workdir(Who::RootInUserns);
+    let o = run_in(
+        Who::RootInUserns,
+        dir.path(),
+        &["run", "--code", "print(1)"],
+        b"",
+    );
+    assert_code(&o, 125, "root in userns");
+    assert!(stderr(&o).contains("host uid 0"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+}

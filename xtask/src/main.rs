@@ -1,0 +1,355 @@
+//! `cargo xtask`: project chores that are programs, not tests.
+//!
+//! `cargo xtask bench [--runs N]` measures cold-start wall time side by side in one run:
+//! the bare host interpreter (the floor), `pysandbox run`, and bubblewrap / runc / crun
+//! over the same root file system when they are installed. Commands are interleaved
+//! round-robin so drift hits all of them alike; the table shows medians and ratios to the
+//! floor. Benchmarks live here, never as timed assertions in tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask bench [--runs N]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One benchmarked command.
+struct Case {
+    name: String,
+    argv: Vec<String>,
+    cwd: PathBuf,
+    samples: Vec<f64>,
+}
+
+impl Case {
+    fn new(name: &str, argv: Vec<String>, cwd: &Path) -> Case {
+        Case {
+            name: name.into(),
+            argv,
+            cwd: cwd.to_path_buf(),
+            samples: Vec::new(),
+        }
+    }
+    fn once(&self) -> Result<f64> {
+        let t = Instant::now();
+        let st = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("{}", self.name))?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if !st.success() {
+            bail!("{} failed ({st}): {:?}", self.name, self.argv);
+        }
+        Ok(ms)
+    }
+    fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        s[s.len() / 2]
+    }
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let runs: usize = match args {
+        [flag, n] if flag == "--runs" => n.parse().context("--runs N")?,
+        [] => 30,
+        _ => bail!("usage: cargo xtask bench [--runs N]"),
+    };
+    let root = workspace_root();
+    eprintln!("building pysandbox and rootfs-builder (release)...");
+    sh(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pysandbox",
+            "-p",
+            "rootfs-builder",
+        ])
+        .current_dir(&root))?;
+    let pysandbox = root.join("target/release/pysandbox");
+    let builder = root.join("target/release/rootfs-builder");
+
+    let tmp = std::env::temp_dir().join(format!("pysandbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let _cleanup = Cleanup(tmp.clone());
+    let data = tmp.join("data");
+    std::fs::create_dir_all(data.join("output"))?;
+    std::fs::write(
+        data.join("small.py"),
+        "import json, sys\nprint(json.dumps({'sum': sum(range(10000)), 'argv': sys.argv[1:]}))\n",
+    )?;
+
+    // The same interpreter everywhere: the one the default image is built from.
+    let python = std::env::var("PYSANDBOX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let rootfs = tmp.join("rootfs");
+    eprintln!("building a root file system for the peers from {python}...");
+    let manifest = sh(Command::new(&builder)
+        .args(["--python", &python])
+        .arg(&rootfs))?;
+    let host_python = manifest
+        .split("\"host_executable\"")
+        .nth(1)
+        .and_then(|s| s.split('"').nth(1))
+        .map(PathBuf::from)
+        .context("rootfs-builder manifest has no host_executable")?;
+    // Warm the default image (built on first use) so pysandbox runs from its cache.
+    sh(Command::new(&pysandbox)
+        .args(["run", "--code", "pass"])
+        .current_dir(&data))?;
+
+    let hp = host_python.to_string_lossy().into_owned();
+    let ps = pysandbox.to_string_lossy().into_owned();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut cases: Vec<Case> = Vec::new();
+    for (label, code) in [("-c pass", None), ("small.py", Some("small.py"))] {
+        let py_args = |extra: &[&str]| {
+            let mut v = s(extra);
+            match code {
+                None => v.extend(s(&["-c", "pass"])),
+                Some(f) => v.push(f.to_string()),
+            }
+            v
+        };
+        let mut floor = vec![hp.clone(), "-S".into()];
+        floor.extend(py_args(&[]));
+        cases.push(Case::new(
+            &format!("host python -S {label} (floor)"),
+            floor,
+            &data,
+        ));
+        let mut bare = vec![hp.clone()];
+        bare.extend(py_args(&[]));
+        cases.push(Case::new(&format!("host python {label}"), bare, &data));
+        let mut run = vec![ps.clone(), "run".into()];
+        match code {
+            None => run.extend(s(&["--code", "pass"])),
+            Some(f) => run.push(f.to_string()),
+        }
+        cases.push(Case::new(&format!("pysandbox run {label}"), run, &data));
+        if let Some(bwrap) = which("bwrap") {
+            let mut v = vec![bwrap.to_string_lossy().into_owned()];
+            v.extend(s(&[
+                "--unshare-all",
+                "--unshare-user",
+                "--uid",
+                "1000",
+                "--gid",
+                "1000",
+                "--die-with-parent",
+                "--new-session",
+                "--cap-drop",
+                "ALL",
+                "--ro-bind",
+            ]));
+            v.push(rootfs.to_string_lossy().into_owned());
+            v.push("/".into());
+            v.extend(s(&[
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--ro-bind",
+            ]));
+            v.push(data.to_string_lossy().into_owned());
+            v.extend(s(&[
+                "/usr/app/data",
+                "--chdir",
+                "/usr/app/data",
+                "/opt/conda/bin/python",
+            ]));
+            v.extend(py_args(&[]));
+            cases.push(Case::new(&format!("bwrap {label}"), v, &data));
+        }
+        for rt in ["runc", "crun"] {
+            let Some(bin) = which(rt) else { continue };
+            let bundle = match oci_bundle(&tmp, rt, label, &rootfs, &data, &py_args(&[])) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("skipping {rt}: {e:#}");
+                    continue;
+                }
+            };
+            let id = format!("bench-{rt}-{}", std::process::id());
+            let run = format!("{} run --bundle {} {id}", bin.display(), bundle.display());
+            let (name, v) = if rt == "crun" && hybrid_cgroups() {
+                // crun 1.8 refuses cgroup-v1 hybrid hosts; hide the cgroup2 mount from it
+                // (the wrapper costs it about a millisecond).
+                (
+                    format!("crun {label} (unshare -m wrapper)"),
+                    s(&[
+                        "unshare",
+                        "-m",
+                        "--propagation",
+                        "private",
+                        "sh",
+                        "-c",
+                        &format!("umount -l /sys/fs/cgroup/unified && exec {run}"),
+                    ]),
+                )
+            } else {
+                (
+                    format!("{rt} {label}"),
+                    run.split(' ').map(String::from).collect(),
+                )
+            };
+            let c = Case::new(&name, v, &data);
+            match c.once() {
+                Ok(_) => cases.push(c),
+                Err(e) => eprintln!("skipping {rt}: {e:#}"),
+            }
+        }
+    }
+
+    eprintln!("{} commands x {runs} runs, interleaved...", cases.len());
+    for c in &cases {
+        for _ in 0..3 {
+            c.once()?;
+        }
+    }
+    for _ in 0..runs {
+        for c in cases.iter_mut() {
+            let ms = c.once()?;
+            c.samples.push(ms);
+        }
+    }
+
+    let uname = sh(Command::new("uname").arg("-r")).unwrap_or_default();
+    println!(
+        "pysandbox cold start, median wall time of {runs} runs (host {}, {} as uid {})\n",
+        uname.trim(),
+        host_python.display(),
+        // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() }
+    );
+    println!("| command | median ms | x floor | x host python |");
+    println!("|---|---:|---:|---:|");
+    for chunk in cases.chunk_by(|a, b| label_of(&a.name) == label_of(&b.name)) {
+        let floor = chunk[0].median();
+        let bare = chunk[1].median();
+        for c in chunk {
+            let m = c.median();
+            println!(
+                "| {} | {:.1} | {:.2} | {:.2} |",
+                c.name,
+                m,
+                m / floor,
+                m / bare
+            );
+        }
+    }
+    Ok(())
+}
+
+fn label_of(name: &str) -> &str {
+    if name.contains("small.py") {
+        "small.py"
+    } else {
+        "-c pass"
+    }
+}
+
+fn hybrid_cgroups() -> bool {
+    Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists()
+}
+
+/// An OCI bundle close to pysandbox's isolation, for runc/crun.
+fn oci_bundle(
+    tmp: &Path,
+    rt: &str,
+    label: &str,
+    rootfs: &Path,
+    data: &Path,
+    py_args: &[String],
+) -> Result<PathBuf> {
+    let bundle = tmp.join(format!("bundle-{rt}-{}", label.replace(['.', ' '], "_")));
+    std::fs::create_dir_all(&bundle)?;
+    let mut args = vec!["/opt/conda/bin/python".to_string()];
+    args.extend(py_args.iter().cloned());
+    let args_json = args
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{
+    "terminal": false, "user": {{"uid": 1000, "gid": 1000}},
+    "args": [{args_json}],
+    "env": ["PATH=/opt/conda/bin:/usr/bin:/bin", "HOME=/tmp"],
+    "cwd": "/usr/app/data",
+    "capabilities": {{"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []}},
+    "rlimits": [{{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}}],
+    "noNewPrivileges": true
+  }},
+  "root": {{"path": {root:?}, "readonly": true}},
+  "hostname": "sandbox",
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}},
+    {{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}},
+    {{"destination": "/usr/app/data", "type": "bind", "source": {data:?}, "options": ["rbind", "ro"]}}
+  ],
+  "linux": {{
+    "uidMappings": [{{"containerID": 0, "hostID": 100000, "size": 65536}}],
+    "gidMappings": [{{"containerID": 0, "hostID": 100000, "size": 65536}}],
+    "namespaces": [{{"type": "pid"}}, {{"type": "network"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}, {{"type": "cgroup"}}, {{"type": "user"}}],
+    "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
+    "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+  }}
+}}"#,
+        root = rootfs.to_string_lossy(),
+        data = data.to_string_lossy(),
+    );
+    std::fs::write(bundle.join("config.json"), config)?;
+    Ok(bundle)
+}
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
