@@ -6,17 +6,19 @@
 //! step that can fail for a host reason happens there:
 //!   1. close pysandbox's own descriptors, scrub pysandbox's argv/environment from this
 //!      process's memory (they would show in `/proc/1/cmdline`);
-//!   2. bring `lo` up (the only capability the spec left us is CAP_NET_ADMIN, for this);
+//!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this);
 //!   3. enter a nested user namespace mapping `mambauser` (1000) to the container's root,
-//!      so the script is not root even inside; drop the bounding set, lock securebits,
-//!      clear every capability set and verify they are empty;
+//!      so the script is not root even inside (mapping the parent's uid 0 needs the
+//!      CAP_SETFCAP the spec left us); drop the bounding set, lock securebits, clear every
+//!      capability set and verify they are empty;
 //!   4. die with pysandbox (PR_SET_PDEATHSIG, set after the last credential change,
 //!      which would clear it).
 //!
 //! `exec()` runs after the start signal: this process stays as a tiny init (pid 1:
 //! reaps zombies, forwards SIGTERM/SIGINT/... to every process of the sandbox, reports
 //! the script's wait status on the status pipe) and forks the interpreter, which resets
-//! signals and execs. Nothing here allocates after `fork()`.
+//! signals and execs. After `fork()` only the child allocates (its argv arrays; the
+//! process is single-threaded, so that is safe).
 
 use std::ffi::CString;
 use std::io;

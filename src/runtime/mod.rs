@@ -612,6 +612,7 @@ fn launch(
         .map_err(|e| io_err("receiving signals")(e.into()))?;
 
     mark("container built");
+    let guard = pidfd.try_clone().map_err(io_err("watching the sandbox"))?;
     let supervised = match container.start() {
         Ok(()) => supervise::Supervisor {
             init_pid,
@@ -633,12 +634,14 @@ fn launch(
         .map_err(io_err("supervising the sandbox")),
         Err(e) => Err(lc_err("starting the sandbox")(e)),
     };
-    // Whatever happened, the container goes (force: kills a live init, removes cgroups).
     mark("supervised");
-    let deleted = container.delete(true);
-    mark("deleted");
+    // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
+    // and the caller removes the cgroups; only a live init, on an error path, needs
+    // killing (the kernel then kills the rest of its pid namespace).
+    if supervised.is_err() {
+        supervise::kill_and_reap(&guard, init_pid);
+    }
     let supervised = supervised?;
-    deleted.map_err(lc_err("deleting the sandbox"))?;
     let status = Status::parse(&supervise::read_all(status_r));
     Ok(make_report(id, &image.name, &supervised, status))
 }

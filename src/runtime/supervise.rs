@@ -323,6 +323,21 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// SIGKILLs the sandbox's init through its pidfd and reaps it.
+pub fn kill_and_reap(pidfd: &OwnedFd, pid: i32) {
+    // SAFETY: pidfd_send_signal on a live pidfd; waitpid on our own child.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
 /// Reads everything from a descriptor whose writers are gone.
 pub fn read_all(fd: OwnedFd) -> Vec<u8> {
     let mut f = std::fs::File::from(fd);
