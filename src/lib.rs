@@ -20,6 +20,7 @@ pub mod limits;
 pub mod policy;
 pub mod report;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod sys;
 

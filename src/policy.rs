@@ -117,6 +117,9 @@ pub struct RunPolicy {
     pub stdin: StdinSource,
     /// Extra environment variables for the script (`-e KEY=VAL`).
     pub env: Vec<(String, String)>,
+    /// Ask pysandbox (instead of the kernel) to refuse filtered syscalls, so it can name
+    /// them in the report. The script sees the same EPERM.
+    pub seccomp_log: bool,
 }
 
 impl RunPolicy {
@@ -133,6 +136,7 @@ impl RunPolicy {
             dev_src: None,
             stdin: StdinSource::Inherit,
             env: Vec::new(),
+            seccomp_log: false,
         }
     }
 

@@ -38,6 +38,34 @@ pub struct RunReport {
     pub wall_ms: u64,
     /// Why pysandbox could not run the script (status `sandbox_error`).
     pub error: Option<String>,
+    /// Syscalls the seccomp filter refused, with counts (`--seccomp-log`; else empty).
+    pub seccomp_refused: Vec<Refusal>,
+}
+
+/// One refused syscall.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub syscall: String,
+    pub count: u32,
+}
+
+impl Refusal {
+    /// Counts syscall numbers, keeping the order of first refusal.
+    pub fn tally(nrs: &[i32]) -> Vec<Refusal> {
+        let mut out: Vec<(i32, u32)> = Vec::new();
+        for &nr in nrs {
+            match out.iter_mut().find(|e| e.0 == nr) {
+                Some(e) => e.1 += 1,
+                None => out.push((nr, 1)),
+            }
+        }
+        out.into_iter()
+            .map(|(nr, count)| Refusal {
+                syscall: crate::seccomp::syscall_name(nr),
+                count,
+            })
+            .collect()
+    }
 }
 
 impl RunReport {
@@ -68,6 +96,7 @@ mod tests {
             interrupted_by: None,
             wall_ms: 1,
             error: None,
+            seccomp_refused: Vec::new(),
         }
     }
 

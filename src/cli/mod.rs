@@ -75,6 +75,10 @@ struct RunArgs {
     /// yours). Repeatable. Nothing else of your environment is passed.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     env: Vec<String>,
+    /// Name every syscall the seccomp filter refuses (on stderr, after the run). The
+    /// script still gets the same EPERM.
+    #[arg(long)]
+    seccomp_log: bool,
     /// Run this code (like python -c) instead of a script file.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -155,6 +159,7 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.limits.memory = policy::parse_size(&a.memory)?;
     p.limits.pids = a.pids;
     p.network = a.network;
+    p.seccomp_log = a.seccomp_log;
     p.data = a.data;
     p.output = a.output;
     p.no_fs = a.no_fs;
@@ -174,6 +179,18 @@ fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let policy = build_policy(a)?;
     let report = pysandbox::run(&policy)?;
+    if policy.seccomp_log {
+        if report.seccomp_refused.is_empty() {
+            eprintln!("pysandbox: seccomp refused no syscall");
+        } else {
+            let list: Vec<String> = report
+                .seccomp_refused
+                .iter()
+                .map(|r| format!("{} (x{})", r.syscall, r.count))
+                .collect();
+            eprintln!("pysandbox: seccomp refused: {}", list.join(", "));
+        }
+    }
     match report.status {
         RunStatus::SandboxError => {
             eprintln!(

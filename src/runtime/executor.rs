@@ -50,8 +50,11 @@ pub struct ExecPlan {
     pub envp: Vec<CString>,
     /// Bring the loopback interface up (private network namespace).
     pub loopback: bool,
-    /// Write end of the status pipe (see [`Status`]).
+    /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
+    /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
+    /// The syscall filter, installed right before the interpreter is forked.
+    pub seccomp: crate::seccomp::Policy,
     /// pysandbox's own descriptors, to close before anything else runs here.
     pub close_fds: Vec<RawFd>,
 }
@@ -78,10 +81,12 @@ pub enum Status {
     Signaled(i32),
     /// execve of the interpreter failed with this errno.
     ExecFailed(i32),
+    /// The seccomp filter could not be installed (errno); nothing ran.
+    SeccompFailed(i32),
 }
 
 impl Status {
-    /// Parses everything the init wrote. An exec failure wins over the exit status the
+    /// Parses everything the init wrote. A setup failure wins over the exit status the
     /// init reports after it; otherwise the last line wins.
     pub fn parse(buf: &[u8]) -> Option<Status> {
         let text = String::from_utf8_lossy(buf);
@@ -91,13 +96,14 @@ impl Status {
             let (Some(kind), Some(n)) = (it.next(), it.next().and_then(|x| x.parse().ok())) else {
                 continue;
             };
-            if let Some(Status::ExecFailed(_)) = out {
+            if let Some(Status::ExecFailed(_) | Status::SeccompFailed(_)) = out {
                 continue;
             }
             out = match kind {
                 "exit" => Some(Status::Exited(n)),
                 "signal" => Some(Status::Signaled(n)),
                 "exec" => Some(Status::ExecFailed(n)),
+                "seccomp" => Some(Status::SeccompFailed(n)),
                 _ => out,
             };
         }
@@ -200,10 +206,25 @@ impl ExecPlan {
                 libc::signal(sig, handler);
             }
         }
+        // The filter goes on last, after every privilege is gone (no_new_privs is set, so
+        // no capability is needed), on this init and through fork on the interpreter. It
+        // fails closed: no filter, no script.
+        match crate::seccomp::install(&self.seccomp) {
+            Ok(None) => {}
+            Ok(Some(listener)) => {
+                crate::sys::send_fd(self.status_fd, b"notify 0\n", &listener);
+                drop(listener);
+            }
+            Err(e) => {
+                self.report(b"seccomp ", e.raw_os_error().unwrap_or(0));
+                // SAFETY: terminating this process.
+                unsafe { libc::_exit(126) };
+            }
+        }
         // SAFETY: single-threaded; the child only makes async-signal-safe calls below.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            self.report(b"exec ", -errno());
+            self.report(b"exec ", errno());
             // SAFETY: terminating this process.
             unsafe { libc::_exit(126) };
         }
@@ -513,5 +534,9 @@ mod tests {
         assert_eq!(Status::parse(b"exec 2\n"), Some(Status::ExecFailed(2)));
         assert_eq!(Status::parse(b""), None);
         assert_eq!(Status::parse(b"garbage\n"), None);
+        assert_eq!(
+            Status::parse(b"notify 0\nseccomp 22\nexit 126\n"),
+            Some(Status::SeccompFailed(22))
+        );
     }
 }

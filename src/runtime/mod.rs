@@ -31,7 +31,7 @@ use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
 use crate::policy::{KILL_GRACE, RunPolicy, Script, StdinSource};
-use crate::report::{RunReport, RunStatus};
+use crate::report::{Refusal, RunReport, RunStatus};
 use crate::spec::{self, Bind, SpecInput};
 use crate::sys;
 
@@ -562,7 +562,13 @@ fn launch(
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let (status_r, status_w) = pipe()?;
+    let (status_r, status_w) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| io_err("creating the status socket")(e.into()))?;
 
     if mode.is_root() {
         // Root's supplementary groups (gid 0...) would otherwise follow into the sandbox.
@@ -583,6 +589,7 @@ fn launch(
             .collect::<Result<_, _>>()?,
         loopback: !policy.network,
         status_fd: status_w.as_raw_fd(),
+        seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
         close_fds,
     };
 
@@ -627,6 +634,7 @@ fn launch(
             to_sandbox: Some(in_w),
             from_stdout: out_r,
             from_stderr: err_r,
+            status: status_r,
             timeout: policy.limits.timeout,
             grace: KILL_GRACE,
         }
@@ -642,7 +650,7 @@ fn launch(
         supervise::kill_and_reap(&guard, init_pid);
     }
     let supervised = supervised?;
-    let status = Status::parse(&supervise::read_all(status_r));
+    let status = Status::parse(&supervised.status);
     Ok(make_report(id, &image.name, &supervised, status))
 }
 
@@ -668,6 +676,15 @@ fn make_report(
                 io::Error::from_raw_os_error(errno)
             )),
         ),
+        Some(Status::SeccompFailed(errno)) => (
+            RunStatus::SandboxError,
+            None,
+            None,
+            Some(format!(
+                "the seccomp filter could not be installed, so nothing ran: {}. Hint: the kernel needs CONFIG_SECCOMP_FILTER",
+                io::Error::from_raw_os_error(errno)
+            )),
+        ),
         // No report from the init: it was killed (pysandbox's SIGKILL) or died early.
         None if libc::WIFSIGNALED(ws) => {
             (RunStatus::Signaled, None, Some(libc::WTERMSIG(ws)), None)
@@ -686,5 +703,6 @@ fn make_report(
         interrupted_by: supervised.interrupted.map(|s| s as i32),
         wall_ms: supervised.wall.as_millis() as u64,
         error,
+        seccomp_refused: Refusal::tally(&supervised.refused),
     }
 }

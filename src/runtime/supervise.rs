@@ -7,7 +7,7 @@
 //! through `/proc/self/fd` with other flags (write to a file given as stdin) or used for
 //! terminal ioctls. It gets pipes; pysandbox copies.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -46,12 +46,14 @@ pub struct Supervisor {
     pub to_sandbox: Option<OwnedFd>,
     pub from_stdout: OwnedFd,
     pub from_stderr: OwnedFd,
+    /// pysandbox's end of the init's status socket (lines, and the seccomp listener).
+    pub status: OwnedFd,
     pub timeout: Duration,
     pub grace: Duration,
 }
 
 /// How supervision ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Supervised {
     /// Raw wait status of the sandbox's init.
     pub wait_status: i32,
@@ -59,6 +61,10 @@ pub struct Supervised {
     /// A relayed signal pysandbox received.
     pub interrupted: Option<Signal>,
     pub wall: Duration,
+    /// Everything the init wrote on the status socket.
+    pub status: Vec<u8>,
+    /// Syscalls the seccomp filter refused (with `--seccomp-log`), in order.
+    pub refused: Vec<i32>,
 }
 
 enum Phase {
@@ -96,6 +102,10 @@ impl Supervisor {
         let mut out_sink_ok = true;
         let mut err_sink_ok = true;
         let mut buf = vec![0u8; BUF];
+        let mut status_open = true;
+        let mut status = Vec::new();
+        let mut listener: Option<OwnedFd> = None;
+        let mut refused = Vec::new();
 
         loop {
             let now = Instant::now();
@@ -143,6 +153,8 @@ impl Supervisor {
                 Some(fd) if !pending.is_empty() => Some(push(fd.as_raw_fd(), libc::POLLOUT)),
                 _ => None,
             };
+            let i_status = status_open.then(|| push(self.status.as_raw_fd(), libc::POLLIN));
+            let i_listen = listener.as_ref().map(|l| push(l.as_raw_fd(), libc::POLLIN));
             // SAFETY: fds is a valid array of pollfd for the duration of the call.
             let n = unsafe {
                 libc::poll(
@@ -224,6 +236,32 @@ impl Supervisor {
                     self.to_sandbox = None;
                 }
             }
+            if let Some(i) = i_status
+                && ready(i)
+            {
+                match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut buf) {
+                    Ok((0, _)) | Err(_) => status_open = false,
+                    Ok((n, fd)) => {
+                        status.extend_from_slice(&buf[..n]);
+                        if fd.is_some() {
+                            listener = fd;
+                        }
+                    }
+                }
+            }
+            if let (Some(i), Some(l)) = (i_listen, &listener)
+                && ready(i)
+            {
+                if fds[i].revents & libc::POLLIN != 0 {
+                    match crate::seccomp::answer_one(l) {
+                        Ok(Some(nr)) => refused.push(nr),
+                        Ok(None) => {}
+                        Err(_) => listener = None,
+                    }
+                } else {
+                    listener = None; // POLLHUP: no task left under the filter
+                }
+            }
             if ready(i_pid) {
                 break;
             }
@@ -249,10 +287,16 @@ impl Supervisor {
             );
         }
         let _ = io::stdout().flush();
-        let mut status: libc::c_int = 0;
+        while status_open {
+            match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut buf) {
+                Ok((0, _)) | Err(_) => status_open = false,
+                Ok((n, _)) => status.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut wait_status: libc::c_int = 0;
         loop {
             // SAFETY: waiting for our own child.
-            let r = unsafe { libc::waitpid(self.init_pid, &mut status, 0) };
+            let r = unsafe { libc::waitpid(self.init_pid, &mut wait_status, 0) };
             if r >= 0 {
                 break;
             }
@@ -261,10 +305,12 @@ impl Supervisor {
             }
         }
         Ok(Supervised {
-            wait_status: status,
+            wait_status,
             timed_out,
             interrupted,
             wall: started.elapsed(),
+            status,
+            refused,
         })
     }
 
@@ -336,12 +382,4 @@ pub fn kill_and_reap(pidfd: &OwnedFd, pid: i32) {
         );
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
-}
-
-/// Reads everything from a descriptor whose writers are gone.
-pub fn read_all(fd: OwnedFd) -> Vec<u8> {
-    let mut f = std::fs::File::from(fd);
-    let mut v = Vec::new();
-    let _ = f.read_to_end(&mut v);
-    v
 }
