@@ -392,3 +392,56 @@ if __name__ == '__main__':
         stderr(&o)
     );
 });
+
+each_mode!(no_set_id_files_reach_the_host, |who| {
+    // A setuid file in the output folder would be a set-id executable on the host (owned
+    // by root when root runs pysandbox): every way to make one is refused.
+    let (o, d) = run_script(
+        who,
+        r#"
+import os, shutil, stat
+res = []
+def attempt(name, f):
+    try:
+        f(); res.append(f"{name} 0")
+    except OSError as e:
+        res.append(f"{name} {e.errno}")
+attempt("open", lambda: os.close(os.open("output/a", os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt("open-plain", lambda: os.close(os.open("output/b", os.O_CREAT | os.O_WRONLY, 0o755)))
+attempt("chmod", lambda: os.chmod("output/b", 0o4755))
+attempt("chmod-sgid", lambda: os.chmod("output/b", 0o2755))
+attempt("fchmod", lambda: os.fchmod(os.open("output/b", os.O_RDONLY), 0o6755))
+attempt("chmod-plain", lambda: os.chmod("output/b", 0o700))
+attempt("mkdir", lambda: os.mkdir("output/d", 0o2775))
+attempt("mknod", lambda: os.mknod("output/n", stat.S_IFREG | 0o4755))
+attempt("copy", lambda: shutil.copy("/opt/conda/bin/python", "output/py"))
+print(*res, sep="\n")
+"#,
+        &[],
+    );
+    assert_code(&o, 0, "set-id probes");
+    let out = stdout(&o);
+    for (name, want) in [
+        ("open", libc::EPERM),
+        ("open-plain", 0),
+        ("chmod", libc::EPERM),
+        ("chmod-sgid", libc::EPERM),
+        ("fchmod", libc::EPERM),
+        ("chmod-plain", 0),
+        ("mkdir", libc::EPERM),
+        ("mknod", libc::EPERM),
+        ("copy", 0),
+    ] {
+        assert!(
+            out.contains(&format!("{name} {want}\n")),
+            "{name}: want {want}\n{out}"
+        );
+    }
+    for e in std::fs::read_dir(d.path().join("output"))
+        .unwrap()
+        .flatten()
+    {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+        assert_eq!(mode & 0o6000, 0, "{} has mode {mode:o}", e.path().display());
+    }
+});
