@@ -480,3 +480,151 @@ fn root_in_a_root_mapped_userns_is_refused() {
     assert!(stderr(&o).contains("host uid 0"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
 }
+
+each_mode!(sigterm_to_pysandbox_cleans_up, |who| {
+    let marker = unique("term");
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "t.py",
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
+    );
+    let mut child = command(who, dir.path(), &["run", "t.py", &marker])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    let t = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The script died of the relayed SIGTERM; pysandbox reports it as a shell would.
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st:?}");
+    assert!(processes_with(&marker).is_empty());
+    if who != Who::Root {
+        assert_no_stale_state(who);
+    }
+});
+
+each_mode!(logs_never_mix_into_the_scripts_streams, |who| {
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "t.py",
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\n",
+    );
+    let log = dir.path().join("pysandbox.log");
+    let o = run_in(
+        who,
+        dir.path(),
+        &[
+            "--log-level",
+            "debug",
+            "--log-file",
+            log.to_str().unwrap(),
+            "run",
+            "t.py",
+        ],
+        b"",
+    );
+    assert_code(&o, 0, "logging run");
+    assert_eq!(stdout(&o), "out\n");
+    assert_eq!(stderr(&o), "err\n");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("libcontainer"),
+        "libcontainer's logs go to the log file"
+    );
+    // Logs on stderr: the script's stderr line still arrives whole and unprefixed.
+    let o = run_in(
+        who,
+        dir.path(),
+        &["--log-level", "debug", "run", "t.py"],
+        b"",
+    );
+    assert_code(&o, 0, "logging to stderr");
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).lines().any(|l| l == "err"), "{}", stderr(&o));
+});
+
+#[test]
+fn default_image_is_built_once_atomically_and_rebuilt_when_python_changes() {
+    // Concurrent first runs share one build; a changed interpreter triggers a rebuild.
+    if !available(Who::User) {
+        return;
+    }
+    let home = workdir(Who::User);
+    let py_dir = workdir(Who::User);
+    let py = py_dir.path().join("python3");
+    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    std::os::unix::fs::chown(&py, Some(NOBODY), Some(NOBODY)).unwrap();
+    let run = |tag: &str| {
+        let dir = workdir(Who::User);
+        let mut cmd = command(
+            Who::User,
+            dir.path(),
+            &["run", "--code", &format!("print('{tag}')")],
+        );
+        let mut args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into()).collect();
+        let i = args.iter().position(|a| a.starts_with("HOME=")).unwrap();
+        args[i] = format!("HOME={}", home.path().display());
+        args.insert(i + 1, format!("PYSANDBOX_PYTHON={}", py.display()));
+        let prog = cmd.get_program().to_owned();
+        cmd = std::process::Command::new(prog);
+        cmd.args(args).current_dir(dir.path());
+        (cmd, dir)
+    };
+    let kids: Vec<_> = (0..4)
+        .map(|i| {
+            let (mut c, d) = run(&format!("r{i}"));
+            (c.stdout(std::process::Stdio::piped()).spawn().unwrap(), d)
+        })
+        .collect();
+    for (i, (k, _d)) in kids.into_iter().enumerate() {
+        let o = k.wait_with_output().unwrap();
+        assert_code(&o, 0, "concurrent first run");
+        assert_eq!(stdout(&o), format!("r{i}\n"));
+    }
+    let images = home.path().join(".cache/pysandbox/images/default");
+    let builds = || -> Vec<String> {
+        std::fs::read_dir(&images)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("py"))
+            .collect()
+    };
+    let first = builds();
+    assert_eq!(
+        first.len(),
+        1,
+        "one build for concurrent first runs: {first:?}"
+    );
+    // Same interpreter: reused.
+    let (mut c, _d) = run("again");
+    assert_code(&c.output().unwrap(), 0, "cached run");
+    assert_eq!(builds(), first);
+    // The interpreter changes (here: its mtime): rebuilt, the old build removed.
+    let f = std::fs::File::options().append(true).open(&py).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let (mut c, _d) = run("rebuilt");
+    let o = c.output().unwrap();
+    assert_code(&o, 0, "rebuilt run");
+    assert_eq!(stdout(&o), "rebuilt\n");
+    let second = builds();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(
+        second, first,
+        "a changed interpreter must trigger a rebuild"
+    );
+}

@@ -4,8 +4,8 @@
 //!
 //! `validate()` runs before the start signal, and its errors reach `build()`; so every
 //! step that can fail for a host reason happens there:
-//!   1. close pysandbox's own descriptors, scrub pysandbox's argv/environment from this
-//!      process's memory (they would show in `/proc/1/cmdline`);
+//!   1. scrub pysandbox's argv/environment from this process's memory (they would show
+//!      in `/proc/1/cmdline`);
 //!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this);
 //!   3. enter a nested user namespace mapping `mambauser` (1000) to the container's root,
 //!      so the script is not root even inside (mapping the parent's uid 0 needs the
@@ -16,7 +16,7 @@
 //!
 //! `exec()` runs after the start signal: this process stays as a tiny init (pid 1:
 //! reaps zombies, forwards SIGTERM/SIGINT/... to every process of the sandbox, reports
-//! the script's wait status on the status pipe) and forks the interpreter, which resets
+//! the script's wait status on the status socket) and forks the interpreter, which resets
 //! signals and execs. After `fork()` only the child allocates (its argv arrays; the
 //! process is single-threaded, so that is safe).
 
@@ -55,8 +55,6 @@ pub struct ExecPlan {
     pub status_fd: RawFd,
     /// The syscall filter, installed right before the interpreter is forked.
     pub seccomp: crate::seccomp::Policy,
-    /// pysandbox's own descriptors, to close before anything else runs here.
-    pub close_fds: Vec<RawFd>,
 }
 
 #[derive(Clone)]
@@ -72,7 +70,7 @@ impl SandboxExecutor {
     }
 }
 
-/// What the init reports on the status pipe, one line each.
+/// What the init reports on the status socket, one line each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// The script exited with this code.
@@ -126,11 +124,6 @@ fn write_file(path: &str, data: &str) -> Result<(), String> {
 
 impl ExecPlan {
     fn prepare(&self) -> Result<(), String> {
-        for &fd in &self.close_fds {
-            // SAFETY: these are pysandbox's descriptors inherited through clone; nothing
-            // in this process uses them.
-            unsafe { libc::close(fd) };
-        }
         scrub_own_cmdline();
         // SAFETY: PR_SET_NAME with a NUL-terminated buffer.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-init".as_ptr(), 0, 0, 0) };
@@ -246,7 +239,7 @@ impl ExecPlan {
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // The status pipe (and anything else) must not survive into Python.
+            // The status socket (and anything else) must not survive into Python.
             libc::syscall(
                 libc::SYS_close_range,
                 3u32,
@@ -267,7 +260,7 @@ impl ExecPlan {
     }
 
     fn reap(&self, main: libc::pid_t) -> ! {
-        // Only the status pipe stays open in the init.
+        // Only the status socket stays open in the init.
         close_all_but(self.status_fd);
         // SAFETY: sigwaitinfo/waitpid/kill on our own process and children.
         unsafe {
@@ -315,7 +308,7 @@ impl ExecPlan {
         }
     }
 
-    /// Writes `<tag><n>\n` to the status pipe without allocating.
+    /// Writes `<tag><n>\n` to the status socket without allocating.
     fn report(&self, tag: &[u8], n: i32) {
         let mut buf = [0u8; 32];
         let mut len = 0;

@@ -13,7 +13,7 @@ mod supervise;
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -347,21 +347,6 @@ fn cstring(s: &str) -> Result<CString, RuntimeError> {
     CString::new(s).map_err(|_| input_err(format!("{s:?} contains a NUL byte")))
 }
 
-/// Descriptors open in this process (to be closed in the sandbox's init).
-fn open_fds() -> Vec<RawFd> {
-    let mut v: Vec<RawFd> = fs::read_dir("/proc/self/fd")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    // The directory's own descriptor is closed by now.
-    // SAFETY: F_GETFD only queries.
-    v.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
-    v
-}
-
 /// Runs one sandbox to completion. See the module docs for the threading requirement.
 pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     policy.validate()?;
@@ -575,11 +560,6 @@ fn launch(
         nix::unistd::setgroups(&[])
             .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
     }
-    let child_ends = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-    let close_fds: Vec<RawFd> = open_fds()
-        .into_iter()
-        .filter(|fd| *fd > 2 && *fd != status_w.as_raw_fd() && !child_ends.contains(fd))
-        .collect();
     let plan = executor::ExecPlan {
         python: cstring(&image.python)?,
         argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -590,7 +570,6 @@ fn launch(
         loopback: !policy.network,
         status_fd: status_w.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
-        close_fds,
     };
 
     mark("spec saved");
