@@ -13,4 +13,21 @@ pub enum Error {
     Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Strict(#[from] crate::limits::StrictError),
+}
+
+impl Error {
+    /// Whether the cause is the host (namespaces, mounts, cgroups...) rather than the
+    /// user's input: then `pysandbox doctor` can tell more.
+    pub fn is_host_problem(&self) -> bool {
+        use crate::runtime::RuntimeError as R;
+        matches!(
+            self,
+            Error::Dirs(_)
+                | Error::Runtime(
+                    R::Host { .. } | R::Container { .. } | R::Stage { .. } | R::NoIdmap { .. }
+                )
+        )
+    }
 }

@@ -14,18 +14,21 @@
 //! ```
 
 pub mod dirs;
+pub mod doctor;
 pub mod error;
 pub mod image;
 pub mod limits;
 pub mod policy;
 pub mod report;
 pub mod runtime;
+pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod sys;
 
 pub use error::Error;
 pub use report::RunReport;
+pub use sandbox::{RunRequest, Sandbox};
 
 /// Runs one script in a fresh sandbox and reports how it ended. The script's stdout and
 /// stderr go to this process's stdout and stderr.

@@ -18,6 +18,10 @@ pub const DEFAULT_PIDS: u64 = 128;
 pub const DEFAULT_FILE_SIZE: u64 = 1 << 30;
 /// Default number of open files (RLIMIT_NOFILE), never above the inherited hard limit.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
+/// Default cap on what the script may write into its output folder.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 30;
+/// Default cap on each of stdout and stderr (head and tail kept beyond it).
+pub const DEFAULT_MAX_OUTPUT: u64 = 10 << 20;
 /// Time between SIGTERM and SIGKILL when a run is stopped (timeout, Ctrl-C).
 pub const KILL_GRACE: Duration = Duration::from_millis(1000);
 /// Largest `--code` that fits in one argv string (the kernel's MAX_ARG_STRLEN is 128 KiB).
@@ -55,13 +59,19 @@ pub enum ImageRef {
 }
 
 /// Resource limits of one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub timeout: Duration,
     pub memory: u64,
     pub pids: u64,
+    /// CPU quota in CPUs (`--cpus 1.5`); needs cgroups.
+    pub cpus: Option<f64>,
     pub file_size: u64,
     pub open_files: u64,
+    /// Bytes the script may write into its output folder (`--output-limit`).
+    pub output_folder: u64,
+    /// Bytes kept of each of stdout and stderr (`--max-output`).
+    pub max_output: u64,
 }
 
 impl Default for Limits {
@@ -70,8 +80,11 @@ impl Default for Limits {
             timeout: DEFAULT_TIMEOUT,
             memory: DEFAULT_MEMORY,
             pids: DEFAULT_PIDS,
+            cpus: None,
             file_size: DEFAULT_FILE_SIZE,
             open_files: DEFAULT_OPEN_FILES,
+            output_folder: DEFAULT_OUTPUT_LIMIT,
+            max_output: DEFAULT_MAX_OUTPUT,
         }
     }
 }
@@ -120,6 +133,10 @@ pub struct RunPolicy {
     /// Ask pysandbox (instead of the kernel) to refuse filtered syscalls, so it can name
     /// them in the report. The script sees the same EPERM.
     pub seccomp_log: bool,
+    /// Refuse to run when a limit could only be approximated on this host.
+    pub strict_limits: bool,
+    /// Capture stdout/stderr into the report instead of passing them through.
+    pub capture: bool,
 }
 
 impl RunPolicy {
@@ -137,6 +154,8 @@ impl RunPolicy {
             stdin: StdinSource::Inherit,
             env: Vec::new(),
             seccomp_log: false,
+            strict_limits: false,
+            capture: false,
         }
     }
 
@@ -172,6 +191,23 @@ impl RunPolicy {
         }
         if l.pids < 2 {
             return Err(PolicyError::Invalid("--pids must be at least 2".into()));
+        }
+        if let Some(c) = l.cpus
+            && !(c.is_finite() && (0.01..=1024.0).contains(&c))
+        {
+            return Err(PolicyError::Invalid(
+                "--cpus must be between 0.01 and 1024".into(),
+            ));
+        }
+        if l.output_folder < (1 << 20) {
+            return Err(PolicyError::Invalid(
+                "--output-limit must be at least 1M".into(),
+            ));
+        }
+        if l.max_output < 2 {
+            return Err(PolicyError::Invalid(
+                "--max-output must be at least 2 bytes".into(),
+            ));
         }
         if self.no_fs && (self.data.is_some() || self.output.is_some() || self.dev_src.is_some()) {
             return Err(PolicyError::Invalid(

@@ -1,20 +1,29 @@
-//! The result of a run: one serde struct with a stable JSON shape, and the mapping from
-//! a result to the command line's exit status. No I/O.
+//! The result of a run: one serde struct with a stable, versioned JSON shape (`--json`,
+//! the library API), and the mapping from a result to the command line's exit status.
+//! No I/O. The schema is documented in README.md ("JSON report") and checked by a test.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change of the JSON shape.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The script exited 0.
     Ok,
     /// The script exited with another code.
     ExitNonzero,
-    /// The script was killed by a signal.
+    /// The script was killed by a signal (not for memory, not by the timeout).
     Signaled,
     /// The wall-clock limit was reached.
     Timeout,
+    /// The script was killed for exceeding its memory limit.
+    Oom,
+    /// The script ran, but its stdout/stderr exceeded `--max-output` or its output folder
+    /// filled up to `--output-limit`: the result is incomplete.
+    OutputLimit,
     /// pysandbox could not run the script.
     SandboxError,
 }
@@ -23,27 +32,51 @@ pub enum RunStatus {
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status when pysandbox itself failed.
 pub const EXIT_SANDBOX_ERROR: i32 = 125;
+/// Exit status when the script was killed for memory (128 + SIGKILL).
+pub const EXIT_OOM: i32 = 137;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub id: String,
-    pub image: String,
-    pub status: RunStatus,
-    /// The script's exit code, when it exited.
-    pub exit_code: Option<i32>,
-    /// The signal that killed the script, when one did.
-    pub signal: Option<i32>,
-    /// A signal pysandbox received and relayed (Ctrl-C, SIGTERM...).
-    pub interrupted_by: Option<i32>,
-    pub wall_ms: u64,
-    /// Why pysandbox could not run the script (status `sandbox_error`).
-    pub error: Option<String>,
-    /// Syscalls the seccomp filter refused, with counts (`--seccomp-log`; else empty).
-    pub seccomp_refused: Vec<Refusal>,
+/// What enforced a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    CgroupV1,
+    CgroupV2,
+    /// setrlimit: per process (RLIMIT_AS counts address space, not resident memory).
+    Rlimit,
+    /// A size-capped tmpfs.
+    Tmpfs,
+    /// pysandbox's own clock (SIGTERM, then SIGKILL).
+    WallClock,
+    /// pysandbox's pipes: head and tail kept, the middle dropped.
+    Pipe,
+    /// Not enforced on this host.
+    None,
+}
+
+/// One limit: its value and what enforced it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limit {
+    /// Bytes, a count, milliseconds or CPUs, depending on the limit; `null` when unset.
+    pub value: Option<f64>,
+    pub mechanism: Mechanism,
+}
+
+/// Every limit of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Limit,
+    pub pids: Limit,
+    pub cpus: Limit,
+    pub cpu_time_s: Limit,
+    pub timeout_ms: Limit,
+    pub file_size_bytes: Limit,
+    pub open_files: Limit,
+    pub output_folder_bytes: Limit,
+    pub stream_bytes: Limit,
 }
 
 /// One refused syscall.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub syscall: String,
     pub count: u32,
@@ -68,17 +101,118 @@ impl Refusal {
     }
 }
 
+/// A captured stream (`--json`, library): head and tail within the cap, middle dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    /// The kept bytes, lossily decoded as UTF-8.
+    pub text: String,
+    /// Bytes dropped from the middle (0 when the stream fit).
+    pub dropped_bytes: u64,
+    /// Where in `text`'s bytes the drop happened (the head's length).
+    pub dropped_at: u64,
+    /// Total bytes the script wrote.
+    pub total_bytes: u64,
+}
+
+/// The report of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema: u32,
+    /// The sandbox id (unique per run).
+    pub id: String,
+    pub image: String,
+    /// sha256 of the image's manifest, when the image has one.
+    pub image_digest: Option<String>,
+    pub status: RunStatus,
+    /// The script's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the script, when one did.
+    pub signal: Option<i32>,
+    /// A signal pysandbox received and relayed (Ctrl-C, SIGTERM...).
+    pub interrupted_by: Option<i32>,
+    /// The streams: captured text with `--json` and the library; passed through otherwise
+    /// (then `text` is empty and only the counts tell what happened).
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub wall_ms: u64,
+    /// User + system CPU time of every process of the sandbox.
+    pub cpu_ms: u64,
+    /// Largest resident set of any process of the sandbox.
+    pub max_rss_bytes: u64,
+    pub limits: Limits,
+    /// Syscalls the seccomp filter refused, with counts (`--seccomp-log`; else empty).
+    pub seccomp_refused: Vec<Refusal>,
+    /// Why pysandbox could not run the script (status `sandbox_error`).
+    pub error: Option<String>,
+    /// Problems that did not stop the run (e.g. an output file that could not be saved).
+    pub warnings: Vec<String>,
+}
+
 impl RunReport {
     /// The exit status of `pysandbox run`: the script's own; 128+N when killed by signal
-    /// N (as a shell reports it); 124 on timeout; 125 when pysandbox failed.
+    /// N (as a shell reports it); 124 on timeout; 137 when killed for memory; 125 when
+    /// pysandbox failed.
     pub fn cli_exit_code(&self) -> i32 {
         match self.status {
             RunStatus::Ok => 0,
             RunStatus::ExitNonzero => self.exit_code.unwrap_or(1),
             RunStatus::Signaled => 128 + self.signal.unwrap_or(9),
             RunStatus::Timeout => EXIT_TIMEOUT,
+            RunStatus::Oom => EXIT_OOM,
+            RunStatus::OutputLimit => match (self.exit_code, self.signal) {
+                (Some(c), _) => c,
+                (None, Some(s)) => 128 + s,
+                (None, None) => 1,
+            },
             RunStatus::SandboxError => EXIT_SANDBOX_ERROR,
         }
+    }
+
+    /// Whether the script failed, in docker-python-sandbox's terms (`isError`).
+    pub fn is_error(&self) -> bool {
+        self.status != RunStatus::Ok
+    }
+
+    /// The report of a run that could not start.
+    pub fn failed(error: String) -> RunReport {
+        let none = Limit {
+            value: None,
+            mechanism: Mechanism::None,
+        };
+        RunReport {
+            schema: SCHEMA_VERSION,
+            id: String::new(),
+            image: String::new(),
+            image_digest: None,
+            status: RunStatus::SandboxError,
+            exit_code: None,
+            signal: None,
+            interrupted_by: None,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            wall_ms: 0,
+            cpu_ms: 0,
+            max_rss_bytes: 0,
+            limits: Limits {
+                memory_bytes: none,
+                pids: none,
+                cpus: none,
+                cpu_time_s: none,
+                timeout_ms: none,
+                file_size_bytes: none,
+                open_files: none,
+                output_folder_bytes: none,
+                stream_bytes: none,
+            },
+            seccomp_refused: Vec::new(),
+            error: Some(error),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// docker-python-sandbox's `timedOut`.
+    pub fn timed_out(&self) -> bool {
+        self.status == RunStatus::Timeout
     }
 }
 
@@ -86,26 +220,49 @@ impl RunReport {
 mod tests {
     use super::*;
 
-    fn r(status: RunStatus, exit_code: Option<i32>, signal: Option<i32>) -> RunReport {
+    pub(crate) fn sample(
+        status: RunStatus,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    ) -> RunReport {
         RunReport {
-            id: "x".into(),
-            image: "default".into(),
             status,
             exit_code,
             signal,
-            interrupted_by: None,
-            wall_ms: 1,
             error: None,
-            seccomp_refused: Vec::new(),
+            ..RunReport::failed(String::new())
         }
     }
 
     #[test]
     fn exit_codes() {
-        assert_eq!(r(RunStatus::Ok, Some(0), None).cli_exit_code(), 0);
-        assert_eq!(r(RunStatus::ExitNonzero, Some(3), None).cli_exit_code(), 3);
-        assert_eq!(r(RunStatus::Signaled, None, Some(9)).cli_exit_code(), 137);
-        assert_eq!(r(RunStatus::Timeout, None, None).cli_exit_code(), 124);
-        assert_eq!(r(RunStatus::SandboxError, None, None).cli_exit_code(), 125);
+        assert_eq!(sample(RunStatus::Ok, Some(0), None).cli_exit_code(), 0);
+        assert_eq!(
+            sample(RunStatus::ExitNonzero, Some(3), None).cli_exit_code(),
+            3
+        );
+        assert_eq!(
+            sample(RunStatus::Signaled, None, Some(9)).cli_exit_code(),
+            137
+        );
+        assert_eq!(sample(RunStatus::Timeout, None, None).cli_exit_code(), 124);
+        assert_eq!(sample(RunStatus::Oom, None, Some(9)).cli_exit_code(), 137);
+        assert_eq!(
+            sample(RunStatus::OutputLimit, Some(0), None).cli_exit_code(),
+            0
+        );
+        assert_eq!(
+            sample(RunStatus::SandboxError, None, None).cli_exit_code(),
+            125
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let r = sample(RunStatus::Oom, None, Some(9));
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains("\"status\":\"oom\""));
+        let back: RunReport = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use pysandbox::policy::{self, ImageRef, RunPolicy, Script, StdinSource};
-use pysandbox::report::{EXIT_SANDBOX_ERROR, RunStatus};
+use pysandbox::report::{EXIT_SANDBOX_ERROR, RunReport, RunStatus};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +33,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a Python script in a fresh sandbox.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Check what this host gives pysandbox, with a fix for each problem.
+    Doctor,
 }
 
 #[derive(Args)]
@@ -52,6 +54,24 @@ struct RunArgs {
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N", default_value_t = policy::DEFAULT_PIDS)]
     pids: u64,
+    /// CPU quota, e.g. 0.5 or 2 (needs cgroups: root, or a delegated cgroup v2).
+    #[arg(long, value_name = "FLOAT")]
+    cpus: Option<f64>,
+    /// Cap on what the script may write into the output folder (it gets ENOSPC beyond).
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    output_limit: String,
+    /// Cap on each of stdout and stderr: beyond it the head and the tail are kept and the
+    /// middle is dropped (and counted).
+    #[arg(long, value_name = "SIZE", default_value = "10M")]
+    max_output: String,
+    /// Refuse to run when a limit could only be approximated on this host (e.g. memory
+    /// through RLIMIT_AS instead of a cgroup).
+    #[arg(long)]
+    strict_limits: bool,
+    /// Print one JSON report on stdout (schema in README) instead of passing the script's
+    /// streams through; they are captured into the report.
+    #[arg(long)]
+    json: bool,
     /// Share the host's network (default: a private loopback only).
     #[arg(long)]
     network: bool,
@@ -158,6 +178,11 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.limits.timeout = policy::parse_duration(&a.timeout)?;
     p.limits.memory = policy::parse_size(&a.memory)?;
     p.limits.pids = a.pids;
+    p.limits.cpus = a.cpus;
+    p.limits.output_folder = policy::parse_size(&a.output_limit)?;
+    p.limits.max_output = policy::parse_size(&a.max_output)?;
+    p.strict_limits = a.strict_limits;
+    p.capture = a.json;
     p.network = a.network;
     p.seccomp_log = a.seccomp_log;
     p.data = a.data;
@@ -177,8 +202,32 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
 
 fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
+    let json = a.json;
     let policy = build_policy(a)?;
-    let report = pysandbox::run(&policy)?;
+    let report = match pysandbox::run(&policy) {
+        Ok(r) => r,
+        Err(e) if json => {
+            // Even a failure to start is one JSON report, with status sandbox_error.
+            println!(
+                "{}",
+                serde_json::to_string(&RunReport::failed(e.to_string()))?
+            );
+            return Ok(EXIT_SANDBOX_ERROR);
+        }
+        Err(e) if e.is_host_problem() => {
+            return Err(anyhow::anyhow!(
+                "{e}. Run `pysandbox doctor` for a check of this host"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(report.cli_exit_code());
+    }
+    for w in &report.warnings {
+        eprintln!("pysandbox: warning: {w}");
+    }
     if policy.seccomp_log {
         if report.seccomp_refused.is_empty() {
             eprintln!("pysandbox: seccomp refused no syscall");
@@ -201,17 +250,64 @@ fn run(a: RunArgs) -> Result<i32> {
         RunStatus::Timeout if std::io::stderr().is_terminal() => {
             eprintln!("pysandbox: stopped: the script ran longer than --timeout {timeout}");
         }
+        RunStatus::Oom => {
+            eprintln!("pysandbox: killed: the script exceeded --memory");
+        }
+        RunStatus::OutputLimit if std::io::stderr().is_terminal() => {
+            eprintln!(
+                "pysandbox: output incomplete: a stream exceeded --max-output or the output folder filled --output-limit"
+            );
+        }
         _ => {}
     }
     Ok(report.cli_exit_code())
 }
 
+fn doctor() -> i32 {
+    use pysandbox::doctor::Level;
+    let checks = pysandbox::doctor::run_checks();
+    for c in &checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag} {}: {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("     fix: {fix}");
+        }
+    }
+    if checks.iter().any(|c| c.level == Level::Fail) {
+        1
+    } else {
+        0
+    }
+}
+
 /// Parses the command line, runs, returns the process exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // One line, as for every other bad input.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!(
+                "pysandbox: error: {first}. Hint: see `pysandbox --help` or `pysandbox run --help`"
+            );
+            return EXIT_SANDBOX_ERROR;
+        }
+    };
     let result = init_logging(cli.log_level.as_deref(), cli.log_file.as_ref()).and_then(|()| {
         match cli.command {
-            Command::Run(a) => run(a),
+            Command::Run(a) => run(*a),
+            Command::Doctor => Ok(doctor()),
         }
     });
     match result {

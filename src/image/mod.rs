@@ -26,6 +26,8 @@ pub struct ResolvedImage {
     pub python: String,
     /// Human name for messages ("default (Python 3.11.7)" or the path).
     pub name: String,
+    /// sha256 of the image's manifest, when it has one.
+    pub digest: Option<String>,
     /// Shared lock on the build while a run uses it, so a rebuild never deletes it.
     _in_use: Option<fs::File>,
 }
@@ -112,6 +114,7 @@ fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
         rootfs: fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?,
         python: python.to_string(),
         name: p.display().to_string(),
+        digest: None,
         _in_use: None,
     })
 }
@@ -171,6 +174,9 @@ struct DefaultIndex {
     build: String,
     python_version: String,
     stamps: Vec<FileStamp>,
+    /// sha256 of the build's manifest.json.
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 /// The host interpreter the default image is made from: `$PYSANDBOX_PYTHON`, else
@@ -209,8 +215,22 @@ fn read_index(dir: &Path, python: &Path) -> Option<ResolvedImage> {
         rootfs: build.join("rootfs"),
         python: rootfs_builder::IMAGE_PYTHON.to_string(),
         name: format!("default (Python {})", idx.python_version),
+        // Indexes written before digests were recorded: hash the manifest now.
+        digest: idx.digest.clone().or_else(|| {
+            fs::read(build.join("manifest.json"))
+                .ok()
+                .map(|b| sha256_digest(&b))
+        }),
         _in_use: Some(in_use),
     })
+}
+
+/// `sha256:<hex>` of `data`.
+fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(data);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// Opens (creating) `path` and takes a flock on it.
@@ -225,6 +245,19 @@ fn lock_file(path: &Path, how: libc::c_int) -> io::Result<fs::File> {
         return Err(io::Error::last_os_error());
     }
     Ok(f)
+}
+
+/// One line on the default image for `pysandbox doctor` (never builds it).
+pub fn describe_default() -> Result<String, ImageError> {
+    let python = host_python_on_path().ok_or(ImageError::NoHostPython)?;
+    let dir = dirs::cache_dir()?.join("images").join("default");
+    Ok(match read_index(&dir, &python) {
+        Some(img) => format!("{} at {}", img.name, img.rootfs.display()),
+        None => format!(
+            "not built yet (or stale): the next run builds it from {}",
+            python.display()
+        ),
+    })
 }
 
 fn default_image() -> Result<ResolvedImage, ImageError> {
@@ -265,6 +298,7 @@ fn build_default(dir: &Path, python: &Path) -> Result<ResolvedImage, ImageError>
             rootfs_builder::build_rootfs(&host, &tmp.join("rootfs")).map_err(build_err)?;
         let mf = tmp.join("manifest.json");
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| cache_err(&mf)(e.into()))?;
+        let digest = sha256_digest(&body);
         fs::write(&mf, body).map_err(cache_err(&mf))?;
         let mut stamps: Vec<FileStamp> = manifest
             .rebuild_triggers
@@ -287,6 +321,7 @@ fn build_default(dir: &Path, python: &Path) -> Result<ResolvedImage, ImageError>
             build: build.clone(),
             python_version: host.version.clone(),
             stamps,
+            digest: Some(digest),
         };
         write_atomic(
             &dir.join("current.json"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use libcontainer::oci_spec::runtime::PosixRlimitType;
 
 use crate::policy::Limits;
+use crate::report::{self, Limit, Mechanism};
 use crate::spec::Rlimit;
 
 /// The parent of every cgroup pysandbox creates (`/pysandbox/<id>`).
@@ -50,6 +51,114 @@ impl CgroupSupport {
     pub fn enforces_memory(self) -> bool {
         !matches!(self, CgroupSupport::None)
     }
+
+    fn mechanism(self) -> Mechanism {
+        match self {
+            CgroupSupport::V1 { .. } => Mechanism::CgroupV1,
+            CgroupSupport::V2 => Mechanism::CgroupV2,
+            CgroupSupport::None => Mechanism::None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--strict-limits: {0}")]
+pub struct StrictError(String);
+
+/// `--strict-limits`: refuses limits this host can only approximate.
+pub fn check_strict(l: &Limits, cg: CgroupSupport) -> Result<(), StrictError> {
+    if !cg.enforces_memory() {
+        return Err(StrictError(
+            "memory could only be approximated here (RLIMIT_AS counts address space, and tmpfs is outside it). Hint: run as root, or on a host whose cgroup v2 is delegated to you; or drop --strict-limits".into(),
+        ));
+    }
+    if l.cpus.is_some() && cg == CgroupSupport::None {
+        return Err(StrictError(
+            "--cpus needs cgroups, which this host does not give pysandbox".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What enforces each limit, for the report.
+pub fn describe(l: &Limits, cg: CgroupSupport, rl: &[Rlimit]) -> report::Limits {
+    let rlimit = |k: PosixRlimitType| {
+        rl.iter().find(|r| r.kind == k).map(|r| Limit {
+            value: Some(r.hard as f64),
+            mechanism: Mechanism::Rlimit,
+        })
+    };
+    let none = Limit {
+        value: None,
+        mechanism: Mechanism::None,
+    };
+    let by_cgroup = |v: f64| Limit {
+        value: Some(v),
+        mechanism: cg.mechanism(),
+    };
+    report::Limits {
+        memory_bytes: if cg.enforces_memory() {
+            by_cgroup(l.memory as f64)
+        } else {
+            rlimit(PosixRlimitType::RlimitAs).unwrap_or(none)
+        },
+        pids: if cg.enforces_memory() {
+            by_cgroup(l.pids as f64)
+        } else {
+            rlimit(PosixRlimitType::RlimitNproc).unwrap_or(none)
+        },
+        cpus: match (l.cpus, cg.enforces_memory()) {
+            (Some(c), true) => by_cgroup(c),
+            (Some(c), false) => Limit {
+                value: Some(c),
+                mechanism: Mechanism::None,
+            },
+            (None, _) => none,
+        },
+        cpu_time_s: rlimit(PosixRlimitType::RlimitCpu).unwrap_or(none),
+        timeout_ms: Limit {
+            value: Some(l.timeout.as_millis() as f64),
+            mechanism: Mechanism::WallClock,
+        },
+        file_size_bytes: rlimit(PosixRlimitType::RlimitFsize).unwrap_or(none),
+        open_files: rlimit(PosixRlimitType::RlimitNofile).unwrap_or(none),
+        output_folder_bytes: Limit {
+            value: Some(l.output_folder as f64),
+            mechanism: Mechanism::Tmpfs,
+        },
+        stream_bytes: Limit {
+            value: Some(l.max_output as f64),
+            mechanism: Mechanism::Pipe,
+        },
+    }
+}
+
+/// How many times the kernel's OOM killer killed inside the run's memory cgroup.
+pub fn oom_kills(id: &str, cg: CgroupSupport) -> u64 {
+    let own = Path::new(CGROUP_PARENT).join(id);
+    let (file, key) = match cg {
+        CgroupSupport::V1 { .. } => (
+            Path::new(CGROUP_ROOT)
+                .join("memory")
+                .join(&own)
+                .join("memory.oom_control"),
+            "oom_kill",
+        ),
+        CgroupSupport::V2 => (
+            Path::new(CGROUP_ROOT).join(&own).join("memory.events"),
+            "oom_kill",
+        ),
+        CgroupSupport::None => return 0,
+    };
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// The cgroup path of a run (never empty: an empty cgroupsPath on v1 makes libcontainer

@@ -6,8 +6,10 @@
 //! Must be called from a single-threaded process: libcontainer forks with raw `clone3`
 //! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
 
+mod capture;
 mod executor;
 mod host;
+mod output;
 mod supervise;
 
 use std::ffi::CString;
@@ -31,9 +33,10 @@ use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
 use crate::policy::{KILL_GRACE, RunPolicy, Script, StdinSource};
-use crate::report::{Refusal, RunReport, RunStatus};
+use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
 use crate::spec::{self, Bind, SpecInput};
 use crate::sys;
+use capture::Capped;
 
 /// Errors of the runtime; each names the step and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -387,7 +390,15 @@ fn run_prepared(
     sweep(&locks);
     let id = sys::random_id("ps-").map_err(io_err("generating a run id"))?;
     let lock = take_lock(&locks, &id)?;
-    let result = launch(policy, mode, inputs, image, &mnt, &id, &lock);
+    let cgroups = if mode.is_root() {
+        CgroupSupport::detect_for_root()
+    } else {
+        CgroupSupport::None
+    };
+    if policy.strict_limits {
+        limits::check_strict(&policy.limits, cgroups)?;
+    }
+    let result = launch(policy, mode, inputs, image, &mnt, &id, &lock, cgroups);
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -409,7 +420,9 @@ fn launch(
     mnt: &Path,
     id: &str,
     _lock: &fs::File,
+    cgroups: CgroupSupport,
 ) -> Result<RunReport, crate::Error> {
+    let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
     // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
     // every signal before exec.)
@@ -471,10 +484,26 @@ fn launch(
             writable: false,
         });
     }
+    let mut overlay = None;
     if let Some(out) = &inputs.output {
         let t = bundle.join("output");
         host::mkdir(&t, 0o755)?;
-        stage.dir(out, &t, true, true)?;
+        let (upper_owner, new_file_owner) = match mode {
+            Mode::Root {
+                sandbox, caller, ..
+            } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
+            Mode::Rootless => (None, None),
+        };
+        overlay = Some(output::OutputOverlay::stage(
+            &stage,
+            out,
+            &t,
+            &mnt.join("output"),
+            policy.limits.output_folder,
+            !mode.is_root(),
+            upper_owner,
+            new_file_owner,
+        )?);
         binds.push(Bind {
             source: t,
             dest: spec::OUTPUT_DIR,
@@ -516,11 +545,6 @@ fn launch(
         env.push((k.clone(), v.clone()));
     }
 
-    let cgroups = if mode.is_root() {
-        CgroupSupport::detect_for_root()
-    } else {
-        CgroupSupport::None
-    };
     let spec = spec::build(&SpecInput {
         rootfs: rootfs.clone(),
         argv: argv.clone(),
@@ -538,7 +562,7 @@ fn launch(
             CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
         ),
         limits: policy.limits.clone(),
-        rlimits: limits::rlimits(&policy.limits, cgroups.enforces_memory()),
+        rlimits: rlimits.clone(),
     })?;
     mark("staged");
     spec.save(bundle.join("config.json"))
@@ -613,6 +637,16 @@ fn launch(
             to_sandbox: Some(in_w),
             from_stdout: out_r,
             from_stderr: err_r,
+            out_sink: if policy.capture {
+                Capped::capture(policy.limits.max_output)
+            } else {
+                Capped::pass_through(policy.limits.max_output, false)
+            },
+            err_sink: if policy.capture {
+                Capped::capture(policy.limits.max_output)
+            } else {
+                Capped::pass_through(policy.limits.max_output, true)
+            },
             status: status_r,
             timeout: policy.limits.timeout,
             grace: KILL_GRACE,
@@ -622,6 +656,9 @@ fn launch(
         Err(e) => Err(lc_err("starting the sandbox")(e)),
     };
     mark("supervised");
+    // The sandbox is dead: bring its output home, and read what its cgroup saw.
+    let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
+    let oom_kills = limits::oom_kills(id, cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
     // killing (the kernel then kills the rest of its pid namespace).
@@ -630,18 +667,31 @@ fn launch(
     }
     let supervised = supervised?;
     let status = Status::parse(&supervised.status);
-    Ok(make_report(id, &image.name, &supervised, status))
+    let mut report = make_report(id, image, &supervised, status, oom_kills > 0, merged.full);
+    report.limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    if merged.failed > 0 {
+        report.warnings.push(format!(
+            "{} output entries could not be written back to {}",
+            merged.failed,
+            inputs.output.as_deref().unwrap_or(Path::new("?")).display()
+        ));
+    }
+    Ok(report)
 }
 
-/// The report from what supervision saw and what the init reported.
+/// The report from what supervision saw, what the init reported, whether the cgroup saw
+/// an OOM kill and whether the output folder filled up.
 fn make_report(
     id: &str,
-    image: &str,
+    image: &ResolvedImage,
     supervised: &supervise::Supervised,
     status: Option<Status>,
+    oom: bool,
+    output_full: bool,
 ) -> RunReport {
     let ws = supervised.wait_status;
-    let (status, exit_code, signal, error) = match status {
+    let truncated = supervised.stdout.dropped_bytes > 0 || supervised.stderr.dropped_bytes > 0;
+    let (mut status, exit_code, signal, error) = match status {
         _ if supervised.timed_out => (RunStatus::Timeout, None, None, None),
         Some(Status::Exited(0)) => (RunStatus::Ok, Some(0), None, None),
         Some(Status::Exited(c)) => (RunStatus::ExitNonzero, Some(c), None, None),
@@ -673,15 +723,30 @@ fn make_report(
             c => (RunStatus::ExitNonzero, Some(c), None, None),
         },
     };
+    // A kill by the cgroup's OOM killer is not a crash.
+    if oom && status == RunStatus::Signaled && signal == Some(libc::SIGKILL) {
+        status = RunStatus::Oom;
+    }
+    if (truncated || output_full) && matches!(status, RunStatus::Ok | RunStatus::ExitNonzero) {
+        status = RunStatus::OutputLimit;
+    }
     RunReport {
+        schema: SCHEMA_VERSION,
         id: id.to_string(),
-        image: image.to_string(),
+        image: image.name.clone(),
+        image_digest: image.digest.clone(),
         status,
         exit_code,
         signal,
         interrupted_by: supervised.interrupted.map(|s| s as i32),
+        stdout: supervised.stdout.clone(),
+        stderr: supervised.stderr.clone(),
         wall_ms: supervised.wall.as_millis() as u64,
-        error,
+        cpu_ms: supervised.cpu.as_millis() as u64,
+        max_rss_bytes: supervised.max_rss,
+        limits: limits::describe(&crate::policy::Limits::default(), CgroupSupport::None, &[]),
         seccomp_refused: Refusal::tally(&supervised.refused),
+        error,
+        warnings: Vec::new(),
     }
 }

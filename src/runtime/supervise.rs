@@ -7,11 +7,14 @@
 //! through `/proc/self/fd` with other flags (write to a file given as stdin) or used for
 //! terminal ioctls. It gets pipes; pysandbox copies.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
+
+use super::capture::Capped;
+use crate::report::Captured;
 use nix::sys::signalfd::SignalFd;
 
 /// The signals pysandbox relays to the sandbox (blocked in pysandbox for its whole run).
@@ -46,6 +49,9 @@ pub struct Supervisor {
     pub to_sandbox: Option<OwnedFd>,
     pub from_stdout: OwnedFd,
     pub from_stderr: OwnedFd,
+    /// Where the streams go (pass-through or capture), capped.
+    pub out_sink: Capped,
+    pub err_sink: Capped,
     /// pysandbox's end of the init's status socket (lines, and the seccomp listener).
     pub status: OwnedFd,
     pub timeout: Duration,
@@ -65,6 +71,12 @@ pub struct Supervised {
     pub status: Vec<u8>,
     /// Syscalls the seccomp filter refused (with `--seccomp-log`), in order.
     pub refused: Vec<i32>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    /// User + system CPU of the init and every descendant it (or the kernel) reaped.
+    pub cpu: Duration,
+    /// Largest resident set among them, in bytes.
+    pub max_rss: u64,
 }
 
 enum Phase {
@@ -98,9 +110,6 @@ impl Supervisor {
         let mut pending: Vec<u8> = Vec::new();
         let mut out_open = true;
         let mut err_open = true;
-        // Once our own stdout/stderr is gone (EPIPE), keep draining but discard.
-        let mut out_sink_ok = true;
-        let mut err_sink_ok = true;
         let mut buf = vec![0u8; BUF];
         let mut status_open = true;
         let mut status = Vec::new();
@@ -193,22 +202,12 @@ impl Supervisor {
             if let Some(i) = i_out
                 && ready(i)
             {
-                out_open = pump(
-                    &self.from_stdout,
-                    &mut buf,
-                    &mut io::stdout().lock(),
-                    &mut out_sink_ok,
-                );
+                out_open = pump(&self.from_stdout, &mut buf, &mut self.out_sink);
             }
             if let Some(i) = i_err
                 && ready(i)
             {
-                err_open = pump(
-                    &self.from_stderr,
-                    &mut buf,
-                    &mut io::stderr().lock(),
-                    &mut err_sink_ok,
-                );
+                err_open = pump(&self.from_stderr, &mut buf, &mut self.err_sink);
             }
             if let (Some(i), Input::Fd(fd)) = (i_in, &self.input)
                 && ready(i)
@@ -271,22 +270,11 @@ impl Supervisor {
         // writer of the output pipes is gone too: drain them to EOF.
         self.to_sandbox = None;
         while out_open {
-            out_open = pump(
-                &self.from_stdout,
-                &mut buf,
-                &mut io::stdout().lock(),
-                &mut out_sink_ok,
-            );
+            out_open = pump(&self.from_stdout, &mut buf, &mut self.out_sink);
         }
         while err_open {
-            err_open = pump(
-                &self.from_stderr,
-                &mut buf,
-                &mut io::stderr().lock(),
-                &mut err_sink_ok,
-            );
+            err_open = pump(&self.from_stderr, &mut buf, &mut self.err_sink);
         }
-        let _ = io::stdout().flush();
         while status_open {
             match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut buf) {
                 Ok((0, _)) | Err(_) => status_open = false,
@@ -294,9 +282,11 @@ impl Supervisor {
             }
         }
         let mut wait_status: libc::c_int = 0;
+        // SAFETY: zeroed rusage is a valid out-buffer.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         loop {
-            // SAFETY: waiting for our own child.
-            let r = unsafe { libc::waitpid(self.init_pid, &mut wait_status, 0) };
+            // SAFETY: waiting for our own child, with valid out-pointers.
+            let r = unsafe { libc::wait4(self.init_pid, &mut wait_status, 0, &mut ru) };
             if r >= 0 {
                 break;
             }
@@ -304,6 +294,7 @@ impl Supervisor {
                 return Err(io::Error::last_os_error());
             }
         }
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
         Ok(Supervised {
             wait_status,
             timed_out,
@@ -311,6 +302,10 @@ impl Supervisor {
             wall: started.elapsed(),
             status,
             refused,
+            stdout: self.out_sink.finish(),
+            stderr: self.err_sink.finish(),
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            max_rss: ru.ru_maxrss as u64 * 1024,
         })
     }
 
@@ -343,14 +338,12 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Copies one chunk from `from` to `to`. Returns whether `from` is still open.
-fn pump(from: &OwnedFd, buf: &mut [u8], to: &mut dyn Write, sink_ok: &mut bool) -> bool {
+/// Moves one chunk from `from` into `sink`. Returns whether `from` is still open.
+fn pump(from: &OwnedFd, buf: &mut [u8], sink: &mut Capped) -> bool {
     match read_fd(from.as_raw_fd(), buf) {
         Ok(0) => false,
         Ok(n) => {
-            if *sink_ok && to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
-                *sink_ok = false;
-            }
+            sink.push(&buf[..n]);
             true
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,

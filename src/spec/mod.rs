@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::policy::Limits;
@@ -273,13 +273,18 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             .limit(l.pids as i64)
             .build()
             .map_err(e)?;
-        linux.set_resources(Some(
-            LinuxResourcesBuilder::default()
-                .memory(memory)
-                .pids(pids)
-                .build()
-                .map_err(e)?,
-        ));
+        let mut resources = LinuxResourcesBuilder::default().memory(memory).pids(pids);
+        if let Some(cpus) = l.cpus {
+            const PERIOD: u64 = 100_000;
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .period(PERIOD)
+                    .quota((cpus * PERIOD as f64).round() as i64)
+                    .build()
+                    .map_err(e)?,
+            );
+        }
+        linux.set_resources(Some(resources.build().map_err(e)?));
     } else {
         linux.set_resources(None);
     }

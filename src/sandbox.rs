@@ -1,0 +1,333 @@
+//! The library API: a [`Sandbox`] configured once (image, limits, policy), and
+//! [`Sandbox::run`] for each script, safe to call from many threads at once.
+//!
+//! Each run happens in its own helper process (the `pysandbox` binary, `run --json`):
+//! libcontainer forks with a raw `clone3` and pysandbox enters namespaces of its own, both
+//! of which need a single-threaded process, which a library caller rarely is. The helper
+//! is single-threaded, generates the run's unique id, and dies with its run; the report
+//! comes back as JSON. Nothing is shared between runs, and a watchdog kills a helper that
+//! outlives its run's timeout by far, so a caller can never hang on one.
+//!
+//! ```no_run
+//! use pysandbox::sandbox::{RunRequest, Sandbox};
+//! use pysandbox::report::RunStatus;
+//!
+//! let sandbox = Sandbox::new()?.memory(256 << 20).timeout(std::time::Duration::from_secs(5));
+//! let report = sandbox.run(&RunRequest::code("import sys; print(sys.stdin.read().upper())").stdin("hi"))?;
+//! assert_eq!(report.status, RunStatus::Ok);
+//! assert_eq!(report.stdout.text, "HI\n");
+//! # Ok::<(), pysandbox::sandbox::SandboxError>(())
+//! ```
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::policy::{self, Limits};
+use crate::report::RunReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "the pysandbox binary was not found. Hint: install it (cargo install --path .), put it on PATH, or set PYSANDBOX_BIN"
+    )]
+    NoHelper,
+    #[error("starting the pysandbox helper {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the pysandbox helper {0}")]
+    Helper(String),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+}
+
+/// A sandbox configuration; cheap to clone, `Send + Sync`, reusable for any number of runs.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    helper: PathBuf,
+    image: Option<PathBuf>,
+    limits: Limits,
+    network: bool,
+    strict_limits: bool,
+    seccomp_log: bool,
+}
+
+/// One script to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    code: String,
+    args: Vec<String>,
+    stdin: Vec<u8>,
+    env: Vec<(String, String)>,
+    data: Option<PathBuf>,
+}
+
+impl RunRequest {
+    /// Python source to run (as `python -c`, or from a file when it is large).
+    pub fn code(code: impl Into<String>) -> RunRequest {
+        RunRequest {
+            code: code.into(),
+            ..Default::default()
+        }
+    }
+    /// Arguments (`sys.argv[1:]`).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+    /// What the script reads on stdin.
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = input.into();
+        self
+    }
+    /// An environment variable for the script.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    /// A host folder visible read-only at `/usr/app/data` (with a writable `output/`).
+    /// Without it the run has no host files at all (`--no-fs`).
+    pub fn data(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data = Some(dir.into());
+        self
+    }
+}
+
+/// Finds the pysandbox binary: `$PYSANDBOX_BIN`, next to the current executable, on PATH.
+fn find_helper() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PYSANDBOX_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("pysandbox")));
+    if let Some(b) = beside.filter(|b| b.is_file()) {
+        return Some(b);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("pysandbox"))
+        .find(|p| p.is_file())
+}
+
+impl Sandbox {
+    /// A sandbox with default limits and the default image.
+    pub fn new() -> Result<Sandbox, SandboxError> {
+        Ok(Sandbox::with_helper(
+            find_helper().ok_or(SandboxError::NoHelper)?,
+        ))
+    }
+    /// A sandbox whose runs use this pysandbox binary.
+    pub fn with_helper(helper: impl Into<PathBuf>) -> Sandbox {
+        Sandbox {
+            helper: helper.into(),
+            image: None,
+            limits: Limits::default(),
+            network: false,
+            strict_limits: false,
+            seccomp_log: false,
+        }
+    }
+    /// A root file system directory instead of the default image.
+    pub fn image(mut self, rootfs: impl Into<PathBuf>) -> Self {
+        self.image = Some(rootfs.into());
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.limits.timeout = t;
+        self
+    }
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.limits.memory = bytes;
+        self
+    }
+    pub fn pids(mut self, n: u64) -> Self {
+        self.limits.pids = n;
+        self
+    }
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.limits.cpus = Some(cpus);
+        self
+    }
+    pub fn max_output(mut self, bytes: u64) -> Self {
+        self.limits.max_output = bytes;
+        self
+    }
+    pub fn output_limit(mut self, bytes: u64) -> Self {
+        self.limits.output_folder = bytes;
+        self
+    }
+    pub fn network(mut self, on: bool) -> Self {
+        self.network = on;
+        self
+    }
+    pub fn strict_limits(mut self, on: bool) -> Self {
+        self.strict_limits = on;
+        self
+    }
+    pub fn seccomp_log(mut self, on: bool) -> Self {
+        self.seccomp_log = on;
+        self
+    }
+
+    fn command(&self, req: &RunRequest, script: Option<&Path>) -> Command {
+        let l = &self.limits;
+        let mut c = Command::new(&self.helper);
+        c.arg("run").arg("--json");
+        c.args(["--timeout", &format!("{}ms", l.timeout.as_millis())]);
+        c.args(["--memory", &l.memory.to_string()]);
+        c.args(["--pids", &l.pids.to_string()]);
+        c.args(["--max-output", &l.max_output.to_string()]);
+        c.args(["--output-limit", &l.output_folder.to_string()]);
+        if let Some(cpus) = l.cpus {
+            c.args(["--cpus", &cpus.to_string()]);
+        }
+        if let Some(img) = &self.image {
+            c.arg("--image").arg(img);
+        }
+        for (flag, on) in [
+            ("--network", self.network),
+            ("--strict-limits", self.strict_limits),
+            ("--seccomp-log", self.seccomp_log),
+        ] {
+            if on {
+                c.arg(flag);
+            }
+        }
+        for (k, v) in &req.env {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        match &req.data {
+            Some(d) => {
+                c.arg("--data").arg(d);
+            }
+            None => {
+                c.arg("--no-fs");
+            }
+        }
+        match script {
+            Some(path) => {
+                c.arg(path);
+            }
+            None => {
+                c.arg("--code").arg(&req.code);
+            }
+        }
+        c.arg("--").args(&req.args);
+        c
+    }
+
+    /// Runs one script in a fresh sandbox and returns its report (stdout and stderr
+    /// captured, capped). Blocks until the run ends; call from as many threads as you
+    /// like.
+    pub fn run(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
+        // Source too large for argv goes through a private temporary file.
+        let tmp = if req.code.len() > policy::MAX_CODE_BYTES {
+            let dir = std::env::temp_dir().join(format!(
+                "pysandbox-lib-{}",
+                crate::sys::random_id("").map_err(|e| SandboxError::Helper(e.to_string()))?
+            ));
+            std::fs::create_dir(&dir).map_err(|e| SandboxError::Helper(e.to_string()))?;
+            std::fs::write(dir.join("script.py"), &req.code)
+                .map_err(|e| SandboxError::Helper(e.to_string()))?;
+            Some(dir)
+        } else {
+            None
+        };
+        let script = tmp.as_ref().map(|d| d.join("script.py"));
+        let result = self.run_helper(req, script.as_deref());
+        if let Some(d) = tmp {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        result
+    }
+
+    fn run_helper(
+        &self,
+        req: &RunRequest,
+        script: Option<&Path>,
+    ) -> Result<RunReport, SandboxError> {
+        let mut child = self
+            .command(req, script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                path: self.helper.clone(),
+                source,
+            })?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = req.stdin.clone();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        // Watchdog: the helper enforces the timeout itself; this only guards against a
+        // helper that never returns.
+        let limit = self.limits.timeout + policy::KILL_GRACE + Duration::from_secs(30);
+        let exited = crate::sys::pidfd_open(child.id() as i32)
+            .and_then(|pidfd| wait_readable(&pidfd, limit))
+            .map_err(|e| SandboxError::Helper(e.to_string()))?;
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Helper(
+                "did not finish in time and was killed".into(),
+            ));
+        }
+        let status = child
+            .wait()
+            .map_err(|e| SandboxError::Helper(e.to_string()))?;
+        let _ = feeder.join();
+        let out = reader.join().unwrap_or_default();
+        let err = err_reader.join().unwrap_or_default();
+        serde_json::from_slice::<RunReport>(&out).map_err(|e| {
+            SandboxError::Helper(format!(
+                "returned no report ({status}, {e}): {}",
+                String::from_utf8_lossy(&err).trim()
+            ))
+        })
+    }
+}
+
+/// Waits up to `limit` for `fd` to become readable (a pidfd: the process exited).
+fn wait_readable(fd: &OwnedFd, limit: Duration) -> std::io::Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n > 0 {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
