@@ -669,6 +669,11 @@ fn launch(
     let status = Status::parse(&supervised.status);
     let mut report = make_report(id, image, &supervised, status, oom_kills > 0, merged.full);
     report.limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    if report.signal == Some(libc::SIGSYS) {
+        report.warnings.push(
+            "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
+        );
+    }
     if merged.failed > 0 {
         report.warnings.push(format!(
             "{} output entries could not be written back to {}",

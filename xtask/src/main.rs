@@ -138,6 +138,16 @@ fn bench(args: &[String]) -> Result<()> {
         .current_dir(&data))?;
 
     let hp = host_python.to_string_lossy().into_owned();
+    // The unprivileged user's rows run Debian's python3, which its default image holds.
+    let hp_user = "/usr/bin/python3".to_string();
+    let user_home = tmp.join("home");
+    std::fs::create_dir_all(&user_home)?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&user_home, Some(65534), Some(65534))?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::os::unix::fs::chown(&data.join("output"), Some(65534), Some(65534))?;
+    }
     let ps = pysandbox.to_string_lossy().into_owned();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut cases: Vec<Case> = Vec::new();
@@ -159,13 +169,52 @@ fn bench(args: &[String]) -> Result<()> {
         ));
         let mut bare = vec![hp.clone()];
         bare.extend(py_args(&[]));
-        cases.push(Case::new(&format!("host python {label}"), bare, &data));
+        cases.push(Case::new(
+            &format!("python {label} (with site-packages)"),
+            bare,
+            &data,
+        ));
         let mut run = vec![ps.clone(), "run".into()];
         match code {
             None => run.extend(s(&["--code", "pass"])),
             Some(f) => run.push(f.to_string()),
         }
-        cases.push(Case::new(&format!("pysandbox run {label}"), run, &data));
+        cases.push(Case::new(
+            &format!("pysandbox run {label}"),
+            run.clone(),
+            &data,
+        ));
+        // As root, also the rootless path, as an ordinary user would run it (the setpriv
+        // wrapper costs both rows the same).
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let wrap = |argv: &[String]| {
+                let mut v = s(&[
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "env",
+                    "-i",
+                    "PATH=/usr/bin:/bin",
+                ]);
+                v.push(format!("HOME={}", user_home.display()));
+                v.extend(argv.iter().cloned());
+                v
+            };
+            let mut floor_u = vec![hp_user.clone(), "-S".into()];
+            floor_u.extend(py_args(&[]));
+            cases.push(Case::new(
+                &format!("uid 65534: python -S {label}"),
+                wrap(&floor_u),
+                &data,
+            ));
+            cases.push(Case::new(
+                &format!("uid 65534: pysandbox run {label}"),
+                wrap(&run),
+                &data,
+            ));
+        }
         if let Some(bwrap) = which("bwrap") {
             let mut v = vec![bwrap.to_string_lossy().into_owned()];
             v.extend(s(&[
@@ -263,20 +312,22 @@ fn bench(args: &[String]) -> Result<()> {
         // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() }
     );
-    println!("| command | median ms | x floor | x host python |");
-    println!("|---|---:|---:|---:|");
+    println!("| command | median ms | x floor |");
+    println!("|---|---:|---:|");
     for chunk in cases.chunk_by(|a, b| label_of(&a.name) == label_of(&b.name)) {
-        let floor = chunk[0].median();
-        let bare = chunk[1].median();
+        // Each row against its own floor: the unprivileged rows against python run the
+        // same way (same wrapper, same interpreter).
+        let floor_of = |c: &Case| {
+            let uid = c.name.starts_with("uid ");
+            chunk
+                .iter()
+                .find(|f| f.name.starts_with("uid ") == uid && f.name.contains("python -S"))
+                .map(Case::median)
+                .unwrap_or(f64::NAN)
+        };
         for c in chunk {
             let m = c.median();
-            println!(
-                "| {} | {:.1} | {:.2} | {:.2} |",
-                c.name,
-                m,
-                m / floor,
-                m / bare
-            );
+            println!("| {} | {:.1} | {:.2} |", c.name, m, m / floor_of(c));
         }
     }
     Ok(())
