@@ -99,6 +99,24 @@ pub fn cache_dir() -> Result<PathBuf, DirsError> {
     Ok(dir)
 }
 
+/// `$XDG_DATA_HOME/pysandbox`, else `$HOME/.local/share/pysandbox`, else
+/// `/var/tmp/pysandbox-UID/data`: the image store.
+pub fn data_dir() -> Result<PathBuf, DirsError> {
+    let dir = if let Some(x) = env_dir("XDG_DATA_HOME").filter(|p| owned_by_us(p)) {
+        x.join("pysandbox")
+    } else if let Some(h) = env_dir("HOME").filter(|p| owned_by_us(p)) {
+        h.join(".local").join("share").join("pysandbox")
+    } else {
+        let fb = shared_fallback("/var/tmp", "data");
+        if let Some(parent) = fb.parent() {
+            ensure_private_dir(parent, 0o700, "XDG_DATA_HOME")?;
+        }
+        fb
+    };
+    ensure_private_dir(&dir, 0o700, "XDG_DATA_HOME")?;
+    Ok(dir)
+}
+
 /// The runtime dir. Real root uses `/run/pysandbox` (mode 0711: the sandbox's unprivileged
 /// ids must be able to traverse to the staged mounts); others `$XDG_RUNTIME_DIR/pysandbox`
 /// or `/tmp/pysandbox-UID/run`.

@@ -137,6 +137,9 @@ pub struct RunPolicy {
     pub strict_limits: bool,
     /// Capture stdout/stderr into the report instead of passing them through.
     pub capture: bool,
+    /// Image build mode: `/opt/conda` is writable, and its changes land in this host
+    /// directory (an overlay upper layer, `DIR/upper`).
+    pub conda_layer: Option<PathBuf>,
 }
 
 impl RunPolicy {
@@ -156,6 +159,7 @@ impl RunPolicy {
             seccomp_log: false,
             strict_limits: false,
             capture: false,
+            conda_layer: None,
         }
     }
 

@@ -18,10 +18,13 @@
 //! targets that would point into the host). See [`build_rootfs`].
 
 mod elf;
+pub mod env;
 mod error;
 mod fsops;
+pub mod layer;
 mod ldd;
 mod libs;
+pub mod oci;
 mod probe;
 mod skeleton;
 mod stdlib;

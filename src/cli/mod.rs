@@ -102,6 +102,9 @@ struct RunArgs {
     /// Run this code (like python -c) instead of a script file.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
+    /// Image build stage (internal): /opt/conda is writable, changes land in DIR/upper.
+    #[arg(long, value_name = "DIR", hide = true)]
+    conda_layer: Option<PathBuf>,
     /// The script (`-` reads it from stdin), then its arguments.
     #[arg(value_name = "SCRIPT")]
     script: Option<String>,
@@ -183,6 +186,7 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.limits.max_output = policy::parse_size(&a.max_output)?;
     p.strict_limits = a.strict_limits;
     p.capture = a.json;
+    p.conda_layer = a.conda_layer;
     p.network = a.network;
     p.seccomp_log = a.seccomp_log;
     p.data = a.data;

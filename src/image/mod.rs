@@ -181,7 +181,7 @@ struct DefaultIndex {
 
 /// The host interpreter the default image is made from: `$PYSANDBOX_PYTHON`, else
 /// `python3` on PATH.
-fn host_python_on_path() -> Option<PathBuf> {
+pub fn host_python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PYSANDBOX_PYTHON") {
         return Some(PathBuf::from(p));
     }
@@ -249,7 +249,7 @@ fn lock_file(path: &Path, how: libc::c_int) -> io::Result<fs::File> {
 
 /// One line on the default image for `pysandbox doctor` (never builds it).
 pub fn describe_default() -> Result<String, ImageError> {
-    let python = host_python_on_path().ok_or(ImageError::NoHostPython)?;
+    let python = host_python().ok_or(ImageError::NoHostPython)?;
     let dir = dirs::cache_dir()?.join("images").join("default");
     Ok(match read_index(&dir, &python) {
         Some(img) => format!("{} at {}", img.name, img.rootfs.display()),
@@ -261,7 +261,7 @@ pub fn describe_default() -> Result<String, ImageError> {
 }
 
 fn default_image() -> Result<ResolvedImage, ImageError> {
-    let python = host_python_on_path().ok_or(ImageError::NoHostPython)?;
+    let python = host_python().ok_or(ImageError::NoHostPython)?;
     let dir = dirs::cache_dir()?.join("images").join("default");
     // Fast path, every run: a read and a few stats.
     if let Some(img) = read_index(&dir, &python) {

@@ -125,6 +125,21 @@ impl Capped {
         self.pass.is_some() || self.pass_err.is_some()
     }
 
+    /// The descriptor the next chunk will be written to, while pass-through still writes
+    /// live (the head). The supervisor reads from the sandbox only when it is writable,
+    /// so a stalled reader of pysandbox's output throttles the script instead of blocking
+    /// pysandbox (whose deadline must keep running).
+    pub fn live_sink(&self) -> Option<libc::c_int> {
+        if self.sink_broken || self.head_left == 0 {
+            return None;
+        }
+        match (&self.pass, &self.pass_err) {
+            (Some(_), _) => Some(1),
+            (_, Some(_)) => Some(2),
+            _ => None,
+        }
+    }
+
     /// Takes a chunk the script wrote.
     pub fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;

@@ -432,12 +432,17 @@ fn launch(
 
     host::enter_namespaces(mode)?;
     mark("namespaces entered");
+    // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
+    // the caller's folders (when the caller is root), and the image's /opt/conda in an
+    // image build (root-owned, it must be the sandbox's to install into).
+    let map_ns = match mode {
+        Mode::Root { sandbox, idmap, .. } if idmap || policy.conda_layer.is_some() => {
+            Some(host::userns_fd(sandbox)?)
+        }
+        _ => None,
+    };
     let idmap_ns = match mode {
-        Mode::Root {
-            sandbox,
-            idmap: true,
-            ..
-        } => Some(host::userns_fd(sandbox)?),
+        Mode::Root { idmap: true, .. } => map_ns.as_ref(),
         _ => None,
     };
     host::mount_private_tmpfs(mnt)?;
@@ -446,9 +451,7 @@ fn launch(
     let bundle = mnt.join("bundle");
     host::mkdir(&state, 0o711)?;
     host::mkdir(&bundle, 0o711)?;
-    let stage = host::Staging {
-        idmap: idmap_ns.as_ref(),
-    };
+    let stage = host::Staging { idmap: idmap_ns };
 
     let rootfs = bundle.join("rootfs");
     host::mkdir(&rootfs, 0o755)?;
@@ -482,6 +485,28 @@ fn launch(
             source: t,
             dest: spec::DATA_DIR,
             writable: false,
+        });
+    }
+    if let Some(layer) = &policy.conda_layer {
+        let t = bundle.join("conda");
+        host::mkdir(&t, 0o755)?;
+        output::stage_layer(
+            &host::Staging {
+                idmap: map_ns.as_ref(),
+            },
+            &image.rootfs.join("opt/conda"),
+            layer,
+            &t,
+            !mode.is_root(),
+            match mode {
+                Mode::Root { sandbox, .. } => Some(sandbox),
+                Mode::Rootless => None,
+            },
+        )?;
+        binds.push(Bind {
+            source: t,
+            dest: "/opt/conda",
+            writable: true,
         });
     }
     let mut overlay = None;

@@ -290,6 +290,57 @@ impl OutputOverlay {
     }
 }
 
+/// Build mode: mounts a writable overlay at `target` whose lower layer is the image
+/// directory `lower_src` (read-only) and whose upper layer is `dir/upper` on disk (the
+/// image build turns it into a layer).
+pub fn stage_layer(
+    stage: &Staging,
+    lower_src: &Path,
+    dir: &Path,
+    target: &Path,
+    rootless: bool,
+    upper_owner: Option<HostIds>,
+) -> Result<(), RuntimeError> {
+    let lower = target.with_extension("lower");
+    host::mkdir(&lower, 0o755)?;
+    // Id-mapped when the staging has a mapping (root): the image's root-owned files then
+    // belong to the sandbox, which may replace them in the upper layer.
+    stage.dir(lower_src, &lower, false, true)?;
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for d in [&upper, &work] {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(stage_err(d)(e)),
+        }
+    }
+    if let Some(ids) = upper_owner {
+        std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid))
+            .map_err(stage_err(&upper))?;
+    }
+    let mut opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    if rootless {
+        opts.push_str(",userxattr");
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| RuntimeError::Host {
+        step: "mounting the build layer",
+        source: e.into(),
+        hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the build directory a file system overlayfs accepts as upper layer",
+    })
+}
+
 /// Opens `name` in `dir` as a directory without following a symlink; anything else in
 /// the way (file, symlink) is removed and a directory made.
 fn open_or_make_dir(dir: RawFd, name: &CString, mode: u32) -> io::Result<OwnedFd> {

@@ -87,6 +87,7 @@ enum Phase {
 }
 
 const BUF: usize = 64 * 1024;
+const PIPE_BUF: usize = libc::PIPE_BUF;
 
 fn poll_timeout(until: Instant, now: Instant) -> libc::c_int {
     let ms = until.saturating_duration_since(now).as_millis();
@@ -110,6 +111,8 @@ impl Supervisor {
         let mut pending: Vec<u8> = Vec::new();
         let mut out_open = true;
         let mut err_open = true;
+        let mut out_writable = true;
+        let mut err_writable = true;
         let mut buf = vec![0u8; BUF];
         let mut status_open = true;
         let mut status = Vec::new();
@@ -150,8 +153,16 @@ impl Supervisor {
             };
             let i_pid = push(self.pidfd.as_raw_fd(), libc::POLLIN);
             let i_sig = push(self.signals.as_raw_fd(), libc::POLLIN);
-            let i_out = out_open.then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
-            let i_err = err_open.then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
+            // A live pass-through sink must be writable first (see Capped::live_sink).
+            let out_sink = out_open.then(|| self.out_sink.live_sink()).flatten();
+            let err_sink = err_open.then(|| self.err_sink.live_sink()).flatten();
+            let i_out_sink = out_sink.map(|fd| push(fd, libc::POLLOUT));
+            let i_err_sink = err_sink.map(|fd| push(fd, libc::POLLOUT));
+            // While a live sink is full, do not even wait on the pipe (it would spin).
+            let i_out = (out_open && (out_sink.is_none() || out_writable))
+                .then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
+            let i_err = (err_open && (err_sink.is_none() || err_writable))
+                .then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
             let i_in = match (&self.input, &self.to_sandbox) {
                 (Input::Fd(fd), Some(_)) if input_open && pending.is_empty() => {
                     Some(push(fd.as_raw_fd(), libc::POLLIN))
@@ -199,15 +210,23 @@ impl Supervisor {
                     }
                 }
             }
+            // With a live sink, move at most PIPE_BUF bytes: POLLOUT promises no more.
+            let sink_ok = |i: Option<usize>| i.is_none_or(|i| fds[i].revents != 0);
+            out_writable = sink_ok(i_out_sink);
+            err_writable = sink_ok(i_err_sink);
             if let Some(i) = i_out
                 && ready(i)
+                && sink_ok(i_out_sink)
             {
-                out_open = pump(&self.from_stdout, &mut buf, &mut self.out_sink);
+                let n = if i_out_sink.is_some() { PIPE_BUF } else { BUF };
+                out_open = pump(&self.from_stdout, &mut buf[..n], &mut self.out_sink);
             }
             if let Some(i) = i_err
                 && ready(i)
+                && sink_ok(i_err_sink)
             {
-                err_open = pump(&self.from_stderr, &mut buf, &mut self.err_sink);
+                let n = if i_err_sink.is_some() { PIPE_BUF } else { BUF };
+                err_open = pump(&self.from_stderr, &mut buf[..n], &mut self.err_sink);
             }
             if let (Some(i), Input::Fd(fd)) = (i_in, &self.input)
                 && ready(i)
