@@ -2,38 +2,12 @@
 //! tmpfs and output caps, the JSON report against its published schema, and 50 parallel
 //! runs through the library.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-macro_rules! each_mode {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            fn body(who: Who) {
-                if !available(who) {
-                    return;
-                }
-                let f: fn(Who) = $body;
-                f(who)
-            }
-            #[test]
-            fn root() {
-                body(Who::Root)
-            }
-            #[test]
-            fn user() {
-                body(Who::User)
-            }
-            #[test]
-            fn user_in_userns() {
-                body(Who::UserInUserns)
-            }
-        }
-    };
-}
 
 /// Runs `body` as t.py with `--json` and returns the parsed report.
 fn json_run(who: Who, body: &str, extra: &[&str]) -> (Value, std::process::Output) {

@@ -1,40 +1,13 @@
 //! `pysandbox run` end to end, in every mode: as root, as an unprivileged user, and as
 //! that user from inside a user namespace (`unshare -Ur`). Real sandboxes, real kernel.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
-
-/// Generates one #[test] per mode from a body taking `who: Who`.
-macro_rules! each_mode {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            fn body(who: Who) {
-                if !available(who) {
-                    return;
-                }
-                let f: fn(Who) = $body;
-                f(who)
-            }
-            #[test]
-            fn root() {
-                body(Who::Root)
-            }
-            #[test]
-            fn user() {
-                body(Who::User)
-            }
-            #[test]
-            fn user_in_userns() {
-                body(Who::UserInUserns)
-            }
-        }
-    };
-}
 
 each_mode!(exit_status_and_streams, |who| {
     let (o, _d) = run_script(

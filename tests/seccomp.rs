@@ -5,6 +5,7 @@
 //! capability); the conditional rules are probed argument by argument; and a broad CPython
 //! workload must pass, so the filter is neither too loose nor too tight.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -60,33 +61,6 @@ for nr, name in [{}]:
 "#,
         entries.join(", ")
     )
-}
-
-macro_rules! each_mode {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            fn body(who: Who) {
-                if !available(who) {
-                    return;
-                }
-                let f: fn(Who) = $body;
-                f(who)
-            }
-            #[test]
-            fn root() {
-                body(Who::Root)
-            }
-            #[test]
-            fn user() {
-                body(Who::User)
-            }
-            #[test]
-            fn user_in_userns() {
-                body(Who::UserInUserns)
-            }
-        }
-    };
 }
 
 each_mode!(every_denied_syscall_is_refused_by_the_filter, |who| {

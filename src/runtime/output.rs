@@ -105,27 +105,7 @@ impl OutputOverlay {
                 .map_err(stage_err(&upper))?;
         }
         stage.dir(host_out, &lower, false, true)?;
-        let mut opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        if rootless {
-            opts.push_str(",userxattr");
-        }
-        mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(opts.as_str()),
-        )
-        .map_err(|e| RuntimeError::Host {
-            step: "mounting the output overlay",
-            source: e.into(),
-            hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+)",
-        })?;
+        mount_overlay(&lower, &upper, &work, target, rootless)?;
         Ok(OutputOverlay {
             area: area.to_owned(),
             host,
@@ -318,6 +298,18 @@ pub fn stage_layer(
         std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid))
             .map_err(stage_err(&upper))?;
     }
+    mount_overlay(&lower, &upper, &work, target, rootless)
+}
+
+/// Mounts an overlay at `target` (nosuid, nodev). In a user namespace of pysandbox's own
+/// its whiteouts and opaque markers use `user.` xattrs (`userxattr`).
+fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    rootless: bool,
+) -> Result<(), RuntimeError> {
     let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
@@ -335,9 +327,9 @@ pub fn stage_layer(
         Some(opts.as_str()),
     )
     .map_err(|e| RuntimeError::Host {
-        step: "mounting the build layer",
+        step: "mounting an overlay",
         source: e.into(),
-        hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the build directory a file system overlayfs accepts as upper layer",
+        hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the upper layer a file system overlayfs accepts",
     })
 }
 

@@ -99,7 +99,8 @@ fn tmpfs(dest: &str, size: u64, mode: &str, extra: &[&str]) -> Result<Mount, Spe
     mount(dest, "tmpfs", "tmpfs", &opts)
 }
 
-/// Docker's masked paths, plus kallsyms (kernel addresses are nobody's business here).
+/// Docker's masked paths, plus kallsyms and modules (kernel addresses and the host's
+/// loaded modules are nobody's business here).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
@@ -108,6 +109,7 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
+    "/proc/modules",
     "/proc/sched_debug",
     "/proc/scsi",
     "/proc/timer_list",

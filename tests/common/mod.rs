@@ -14,6 +14,36 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Generates one #[test] per mode (root, unprivileged user, that user inside
+/// `unshare -Ur`) from a body taking `who: Who`; modes the host cannot run are skipped.
+#[macro_export]
+macro_rules! each_mode {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            fn body(who: Who) {
+                if !available(who) {
+                    return;
+                }
+                let f: fn(Who) = $body;
+                f(who)
+            }
+            #[test]
+            fn root() {
+                body(Who::Root)
+            }
+            #[test]
+            fn user() {
+                body(Who::User)
+            }
+            #[test]
+            fn user_in_userns() {
+                body(Who::UserInUserns)
+            }
+        }
+    };
+}
+
 pub const NOBODY: u32 = 65534;
 
 /// Who runs pysandbox.
