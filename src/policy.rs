@@ -54,8 +54,24 @@ pub enum StdinSource {
 pub enum ImageRef {
     /// The default image, built from the host's Python on first use.
     Default,
-    /// A root file system directory on the host.
+    /// On the host: a root file system directory, an OCI layout directory, or an OCI /
+    /// `docker save` archive (the last two are imported into the store).
     Path(PathBuf),
+    /// An image in the store, by name or digest.
+    Name(String),
+}
+
+impl ImageRef {
+    /// `--image X`: "default", an existing path, or a store name.
+    pub fn parse(s: &str) -> ImageRef {
+        if s == "default" {
+            ImageRef::Default
+        } else if std::path::Path::new(s).exists() {
+            ImageRef::Path(PathBuf::from(s))
+        } else {
+            ImageRef::Name(s.to_string())
+        }
+    }
 }
 
 /// Resource limits of one run.

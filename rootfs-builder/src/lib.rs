@@ -44,7 +44,7 @@ use fsops::Image;
 
 /// Bumped whenever the image layout or content rules change (part of the
 /// image cache key).
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 /// The interpreter's path inside the image.
 pub const IMAGE_PYTHON: &str = "/opt/conda/bin/python";

@@ -30,7 +30,23 @@ const FALLBACK_SYSTEM_DIRS: &[&str] = &[
 /// - `libnss_files.so.2`, `libnss_dns.so.2`: the NSS backends named in the
 ///   image's nsswitch.conf (built into libc since glibc 2.34, where these are
 ///   tiny stubs; required on older glibc).
-const DLOPENED_EXTRAS: &[&str] = &["libgcc_s.so.1", "libnss_files.so.2", "libnss_dns.so.2"];
+///
+/// And the non-graphical part of the manylinux baseline (PEP 599/600): binary
+/// wheels (numpy, pandas...) link these from the system instead of bundling them,
+/// so an image without them cannot import them (`libstdc++.so.6: cannot open
+/// shared object file`).
+const DLOPENED_EXTRAS: &[&str] = &[
+    "libgcc_s.so.1",
+    "libnss_files.so.2",
+    "libnss_dns.so.2",
+    "libstdc++.so.6",
+    "libdl.so.2",
+    "librt.so.1",
+    "libpthread.so.0",
+    "libutil.so.1",
+    "libresolv.so.2",
+    "libnsl.so.1",
+];
 
 /// The loader's default library directories, as it reports them.
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! The command line: parses arguments with clap, builds a `RunPolicy`, calls the library,
 //! and maps the report to an exit status. No isolation logic lives here.
 
+mod image;
+
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
@@ -36,6 +38,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Check what this host gives pysandbox, with a fix for each problem.
     Doctor,
+    /// Images: build from an environment file, list, inspect, remove, prune, import, pull.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(Args)]
@@ -175,8 +180,8 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     let mut p = RunPolicy::new(script);
     p.args = rest;
     p.image = match a.image.as_deref() {
-        None | Some("default") => ImageRef::Default,
-        Some(s) => ImageRef::Path(PathBuf::from(s)),
+        None => ImageRef::Default,
+        Some(s) => ImageRef::parse(s),
     };
     p.limits.timeout = policy::parse_duration(&a.timeout)?;
     p.limits.memory = policy::parse_size(&a.memory)?;
@@ -312,6 +317,7 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Run(a) => run(*a),
             Command::Doctor => Ok(doctor()),
+            Command::Image(c) => image::run(c),
         }
     });
     match result {

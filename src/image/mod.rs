@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod archive;
+pub mod build;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
 use crate::dirs;
 use crate::policy::ImageRef;
 use crate::spec::REQUIRED_MOUNT_POINTS;
@@ -28,8 +34,8 @@ pub struct ResolvedImage {
     pub name: String,
     /// sha256 of the image's manifest, when it has one.
     pub digest: Option<String>,
-    /// Shared lock on the build while a run uses it, so a rebuild never deletes it.
-    _in_use: Option<fs::File>,
+    /// A lock held while a run uses the image, so a rebuild or prune never deletes it.
+    _in_use: Option<Box<dyn std::any::Any>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +54,11 @@ pub enum ImageError {
     #[error("image cache {path}: {source}")]
     Cache { path: PathBuf, source: io::Error },
     #[error(
-        "image {0:?} not found: pass a root file system directory (or omit --image for the default image)"
+        "image {0:?} not found: it is neither a path nor an image in the store. Hint: pysandbox image ls; or pull, import or build it"
     )]
     NotFound(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("image {path} is not usable: {why}")]
     Invalid { path: PathBuf, why: String },
 }
@@ -66,7 +74,9 @@ fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
 pub fn resolve(image: &ImageRef) -> Result<ResolvedImage, ImageError> {
     match image {
         ImageRef::Default => default_image(),
-        ImageRef::Path(p) => rootfs_dir(p),
+        ImageRef::Path(p) if p.is_dir() && !p.join("oci-layout").exists() => rootfs_dir(p),
+        ImageRef::Path(p) => imported(p),
+        ImageRef::Name(n) => stored(n),
     }
 }
 
@@ -117,6 +127,115 @@ fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
         digest: None,
         _in_use: None,
     })
+}
+
+/// An image of the store, unpacked (once, cached by digest) and held while in use.
+fn stored(name: &str) -> Result<ResolvedImage, ImageError> {
+    let store = store::Store::open_default()?;
+    let digest = store
+        .resolve(name)?
+        .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+    from_store(&store, name, &digest)
+}
+
+/// An OCI layout or archive on the host: imported into the store, then as [`stored`].
+fn imported(path: &Path) -> Result<ResolvedImage, ImageError> {
+    if !archive::is_importable(path) {
+        return Err(ImageError::Invalid {
+            path: path.to_owned(),
+            why: "not a root file system directory, an OCI layout, an OCI archive or a `docker save` archive".into(),
+        });
+    }
+    let store = store::Store::open_default()?;
+    let fallback = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let images = archive::import(&store, path, fallback.as_deref(), &store::NoProgress)?;
+    match images.as_slice() {
+        [(name, digest)] => from_store(&store, name, digest),
+        [] => Err(ImageError::Invalid {
+            path: path.to_owned(),
+            why: "it holds no image".into(),
+        }),
+        many => Err(ImageError::Invalid {
+            path: path.to_owned(),
+            why: format!(
+                "it holds {} images ({}): import it with `pysandbox image import` and pass one name",
+                many.len(),
+                many.iter()
+                    .map(|m| m.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+fn from_store(store: &store::Store, name: &str, digest: &str) -> Result<ResolvedImage, ImageError> {
+    let guard = store.rootfs(digest, &store::NoProgress)?;
+    let mut img = rootfs_dir(&guard.path)?;
+    img.name = name.to_string();
+    img.digest = Some(digest.to_string());
+    img._in_use = Some(Box::new(guard));
+    Ok(img)
+}
+
+/// Gives an unpacked image the mount points pysandbox mounts over (its root file system
+/// is mounted read-only, so they must exist) and an empty `/etc/resolv.conf` for
+/// `--network`. Paths are resolved inside `root` (a symlink in the image can never lead
+/// out of it).
+pub fn add_mount_points(root: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let rootfd = sys::open_dir_nofollow(root)?;
+    let mut wanted: Vec<&str> = REQUIRED_MOUNT_POINTS.to_vec();
+    wanted.push("/etc");
+    for m in wanted {
+        let mut at = PathBuf::from("/");
+        for comp in Path::new(m).components().skip(1) {
+            let next = at.join(comp);
+            if sys::open_in_root(&rootfd, &next, libc::O_PATH | libc::O_DIRECTORY).is_err() {
+                let parent = sys::open_in_root(&rootfd, &at, libc::O_PATH | libc::O_DIRECTORY)?;
+                let name = std::ffi::CString::new(comp.as_os_str().as_bytes())
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                let mode = if m == "/tmp" { 0o1777 } else { 0o755 };
+                // SAFETY: mkdirat relative to a directory descriptor resolved in the root.
+                if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
+            }
+            at = next;
+        }
+    }
+    let etc = sys::open_in_root(&rootfd, Path::new("/etc"), libc::O_PATH | libc::O_DIRECTORY)?;
+    // SAFETY: fstatat without following, on a descriptor resolved in the root.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let missing = unsafe {
+        libc::fstatat(
+            etc.as_raw_fd(),
+            c"resolv.conf".as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0;
+    if missing {
+        // SAFETY: create-only, never following.
+        let fd = unsafe {
+            libc::openat(
+                etc.as_raw_fd(),
+                c"resolv.conf".as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: closing the descriptor we just opened.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 fn fstat_in(root: &std::os::fd::OwnedFd, path: &str) -> Option<libc::stat> {
@@ -221,7 +340,7 @@ fn read_index(dir: &Path, python: &Path) -> Option<ResolvedImage> {
                 .ok()
                 .map(|b| sha256_digest(&b))
         }),
-        _in_use: Some(in_use),
+        _in_use: Some(Box::new(in_use)),
     })
 }
 

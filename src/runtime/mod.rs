@@ -535,20 +535,20 @@ fn launch(
             writable: true,
         });
     }
-    if policy.network && rootfs.join("etc/resolv.conf").is_file() {
-        if let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
+    if policy.network
+        && rootfs.join("etc/resolv.conf").is_file()
+        && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
             .ok()
             .filter(|p| p.is_file())
-        {
-            let t = bundle.join("resolv.conf");
-            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
-            stage.file(&host_resolv, &t)?;
-            binds.push(Bind {
-                source: t,
-                dest: "/etc/resolv.conf",
-                writable: false,
-            });
-        }
+    {
+        let t = bundle.join("resolv.conf");
+        fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
+        stage.file(&host_resolv, &t)?;
+        binds.push(Bind {
+            source: t,
+            dest: "/etc/resolv.conf",
+            writable: false,
+        });
     }
 
     let mut argv = vec![image.python.clone()];

@@ -304,6 +304,8 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
 
+    let unpack_rows = unpack_bench(&pysandbox, &rootfs, &tmp, runs.min(10))?;
+
     let uname = sh(Command::new("uname").arg("-r")).unwrap_or_default();
     println!(
         "pysandbox cold start, median wall time of {runs} runs (host {}, {} as uid {})\n",
@@ -330,7 +332,65 @@ fn bench(args: &[String]) -> Result<()> {
             println!("| {} | {:.1} | {:.2} |", c.name, m, m / floor_of(c));
         }
     }
+    println!(
+        "\n| unpack of the same image ({}) | median ms | x pysandbox |",
+        unpack_rows.0
+    );
+    println!("|---|---:|---:|");
+    let ours = unpack_rows.1[0].1;
+    for (name, ms) in &unpack_rows.1 {
+        println!("| {name} | {ms:.0} | {:.2} |", ms / ours);
+    }
     Ok(())
+}
+
+/// Unpack speed: pysandbox's store vs `umoci unpack --rootless`, same single-layer image.
+fn unpack_bench(
+    pysandbox: &Path,
+    rootfs: &Path,
+    tmp: &Path,
+    runs: usize,
+) -> Result<(String, Vec<(String, f64)>)> {
+    let layout = tmp.join("layout");
+    let l = rootfs_builder::oci::Layout::create(&layout)?;
+    let layer = l.put_layer(rootfs, "", rootfs_builder::layer::Source::Tree)?;
+    l.finish(&[layer.clone()], &Default::default(), "bench")?;
+    let desc = format!("{} MB gzip, {} files", layer.size >> 20, layer.files);
+    let xdg = tmp.join("xdg");
+    std::fs::create_dir_all(&xdg)?;
+    sh(Command::new(pysandbox)
+        .args(["image", "import"])
+        .arg(&layout)
+        .env("XDG_DATA_HOME", &xdg))?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut ours = Vec::new();
+    let mut umoci = Vec::new();
+    for i in 0..runs {
+        let dest = tmp.join(format!("unpack-ours-{i}"));
+        let t = Instant::now();
+        sh(Command::new(pysandbox)
+            .args(["image", "unpack", "bench"])
+            .arg(&dest)
+            .env("XDG_DATA_HOME", &xdg))?;
+        ours.push(t.elapsed().as_secs_f64() * 1000.0);
+        if which("umoci").is_some() {
+            let dest = tmp.join(format!("unpack-umoci-{i}"));
+            let t = Instant::now();
+            sh(Command::new("umoci")
+                .args(["unpack", "--rootless", "--image"])
+                .arg(format!("{}:bench", layout.display()))
+                .arg(&dest))?;
+            umoci.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let mut rows = vec![("pysandbox image unpack".to_string(), median(ours))];
+    if !umoci.is_empty() {
+        rows.push(("umoci unpack --rootless".to_string(), median(umoci)));
+    }
+    Ok((desc, rows))
 }
 
 fn label_of(name: &str) -> &str {

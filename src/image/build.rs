@@ -1,0 +1,555 @@
+//! `pysandbox image build ENV.yaml`: micromamba-style images from a conda environment
+//! file, in two stages.
+//!
+//! - BUILD stage: a pysandbox sandbox (network on) over the base image, with `/opt/conda`
+//!   writable through an overlay whose upper layer is a host directory, and the host's
+//!   `pip` (a copy, mounted with the build script at `/usr/app/src`). pip installs the
+//!   `pip:` list into `/opt/conda` (micromamba installs conda packages first when the
+//!   base carries it); every module is then compiled to hash-checked `.pyc`.
+//! - FINAL image: the base layer(s) plus ONE new layer made from the upper directory
+//!   only: what landed under `/opt/conda`. No pip (it never entered `/opt/conda`), no
+//!   shell, no compiler, no cache. Layers are reproducible (sorted entries, fixed mtimes,
+//!   0:0), so the same environment file gives the same layer digests.
+//!
+//! The image goes into the store under the file's stem (or `-t NAME`); a lock file next to
+//! the environment file records what was resolved. An unchanged file is not rebuilt.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootfs_builder::env::EnvFile;
+use rootfs_builder::layer::{LayerDigests, Source};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::store::{Progress, Store};
+use crate::image::{self, ImageError};
+use crate::policy::ImageRef;
+
+/// Label holding the hash of what an image was built from (the rebuild check).
+pub const LABEL_BUILD_KEY: &str = "org.pysandbox.build-key";
+/// Label holding the installed packages (`name==version`, comma-separated).
+pub const LABEL_PACKAGES: &str = "org.pysandbox.packages";
+/// Label holding the Python version of the image.
+pub const LABEL_PYTHON: &str = "org.pysandbox.python";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Env(#[from] rootfs_builder::env::EnvError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{step}: {source}")]
+    Io { step: String, source: io::Error },
+    #[error("the build stage failed ({0}); its output is above")]
+    Stage(String),
+}
+
+fn io_err(step: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let step = step.into();
+    move |source| BuildError::Io { step, source }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub env_file: PathBuf,
+    pub name: Option<String>,
+    /// Rebuild even if nothing changed.
+    pub force: bool,
+    /// A store image to build on instead of the default (host Python) image.
+    pub base: Option<String>,
+}
+
+/// What was built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Built {
+    pub name: String,
+    pub digest: String,
+    /// Nothing changed since the last build: the existing image was kept.
+    pub up_to_date: bool,
+    pub layers: Vec<String>,
+    pub packages: Vec<String>,
+    pub lock_file: Option<PathBuf>,
+}
+
+/// The lock file next to the environment file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lock {
+    image: String,
+    digest: String,
+    python: String,
+    base: String,
+    layers: Vec<String>,
+    packages: Vec<Locked>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Locked {
+    name: String,
+    version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+}
+
+/// The base an image is built on.
+struct Base {
+    /// Its root file system on the host (for the build stage).
+    rootfs: PathBuf,
+    /// Its layers, bottom first (blobs in the store).
+    layers: Vec<LayerDigests>,
+    python: String,
+    digest: String,
+    /// Holds the base's unpacked root file system while the build uses it.
+    _guard: Option<super::store::RootfsGuard>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The default image as a base: its root file system, and its one layer, tarred once per
+/// default-image build and kept in the store (`base-layer.json` in the build's directory
+/// remembers it).
+fn default_base(store: &Store, progress: &dyn Progress) -> Result<Base, BuildError> {
+    let img = image::resolve(&ImageRef::Default)?;
+    let build_dir = img
+        .rootfs
+        .parent()
+        .ok_or_else(|| BuildError::Invalid("default image has no build directory".into()))?
+        .to_path_buf();
+    let memo = build_dir.join("base-layer.json");
+    let cached: Option<(String, u64, String)> = fs::read(&memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let layer = match cached {
+        Some((digest, size, diff_id)) if store.has_blob(&digest) => LayerDigests {
+            digest,
+            size,
+            diff_id,
+            files: 0,
+        },
+        _ => {
+            progress.start("packing the base layer", None);
+            let tmp = store.tmp_path("base-layer");
+            let f = io::BufWriter::with_capacity(
+                1 << 20,
+                fs::File::create(&tmp).map_err(io_err("creating the base layer"))?,
+            );
+            let d = rootfs_builder::layer::write_layer(&img.rootfs, "", Source::Tree, f)
+                .map_err(io_err("packing the base layer"))?;
+            let mut r = fs::File::open(&tmp).map_err(io_err("reading the base layer"))?;
+            store.put_blob(&mut r, Some((&d.digest, d.size)))?;
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::write(
+                &memo,
+                serde_json::to_vec(&(d.digest.clone(), d.size, d.diff_id.clone()))
+                    .unwrap_or_default(),
+            );
+            progress.finish();
+            d
+        }
+    };
+    let python = img
+        .name
+        .split("Python ")
+        .nth(1)
+        .map(|v| v.trim_end_matches(')').to_string())
+        .unwrap_or_default();
+    Ok(Base {
+        rootfs: img.rootfs.clone(),
+        digest: layer.digest.clone(),
+        layers: vec![layer],
+        python,
+        _guard: None,
+    })
+}
+
+/// A store image as a base.
+fn store_base(store: &Store, name: &str, progress: &dyn Progress) -> Result<Base, BuildError> {
+    let digest = store
+        .resolve(name)?
+        .ok_or_else(|| BuildError::Invalid(format!("--base {name}: no such image in the store. Hint: pysandbox image ls, or pull/import it first")))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&digest, 4 << 20)?)
+            .map_err(|e| BuildError::Invalid(format!("--base {name}: bad manifest: {e}")))?;
+    let cfg_digest = manifest["config"]["digest"].as_str().unwrap_or_default();
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(cfg_digest, 4 << 20)?)
+        .map_err(|e| BuildError::Invalid(format!("--base {name}: bad config: {e}")))?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let layers: Vec<LayerDigests> = manifest["layers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .zip(diff_ids.iter())
+                .map(|(l, d)| LayerDigests {
+                    digest: l["digest"].as_str().unwrap_or_default().to_string(),
+                    size: l["size"].as_u64().unwrap_or(0),
+                    diff_id: d.clone(),
+                    files: 0,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if layers.is_empty() || layers.iter().any(|l| !l.digest.starts_with("sha256:")) {
+        return Err(BuildError::Invalid(format!(
+            "--base {name}: the image has no usable layers"
+        )));
+    }
+    let python = config["config"]["Labels"][LABEL_PYTHON]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let guard = store.rootfs(&digest, progress)?;
+    Ok(Base {
+        rootfs: guard.path.clone(),
+        layers,
+        python,
+        digest,
+        _guard: Some(guard),
+    })
+}
+
+/// The host's `pip` package directory (the folder holding `pip/`).
+fn host_pip(python: &Path) -> Result<PathBuf, BuildError> {
+    let out = Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import os, pip; print(os.path.dirname(os.path.dirname(pip.__file__)))",
+        ])
+        .output()
+        .map_err(io_err(format!("running {}", python.display())))?;
+    if !out.status.success() {
+        return Err(BuildError::Invalid(format!(
+            "the build stage needs pip, and {} has none. Hint: install python3-pip",
+            python.display()
+        )));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let to = dst.join(e.file_name());
+        if ft.is_dir() {
+            if e.file_name() != "__pycache__" {
+                copy_tree(&e.path(), &to)?;
+            }
+        } else if ft.is_file() {
+            fs::copy(e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// The build script run inside the build stage (no shell there: Python drives it).
+const BUILD_SCRIPT: &str = r#"
+import json, os, subprocess, sys
+req = json.load(open('/usr/app/src/request.json'))
+if req['conda']:
+    mm = next((p for p in ['/opt/conda/bin/micromamba', '/usr/local/bin/micromamba', '/usr/bin/micromamba'] if os.path.exists(p)), None)
+    cmd = [mm, 'install', '-y', '-p', '/opt/conda']
+    for c in req['channels']:
+        cmd += ['-c', c]
+    subprocess.run(cmd + req['conda'], check=True)
+if req['pip']:
+    env = dict(os.environ, PYTHONPATH='/usr/app/src/pip')
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '--prefix', '/opt/conda', '--no-compile',
+                    '--no-cache-dir', '--disable-pip-version-check', '--no-warn-script-location',
+                    '--report', '/usr/app/data/output/report.json'] + req['pip'], check=True, env=env)
+site = '/opt/conda/lib/python%d.%d/site-packages' % sys.version_info[:2]
+if os.path.isdir(site):
+    subprocess.run([sys.executable, '-m', 'compileall', '-q', '-j0', '--invalidation-mode', 'unchecked-hash', site], check=True)
+"#;
+
+/// Environment variables the build stage passes on to pip (index, proxy, CA settings).
+const PASSED_ENV: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// Builds (or finds up to date) the image of an environment file.
+pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, BuildError> {
+    let env = EnvFile::load(&opts.env_file)?;
+    let env_bytes = fs::read(&opts.env_file).map_err(io_err("reading the environment file"))?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => opts
+            .env_file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| BuildError::Invalid("cannot name the image: pass -t NAME".into()))?,
+    };
+    let store = Store::open_default()?;
+    // No prune may take the blobs this build writes before they are tagged.
+    let _writing = store.write_guard()?;
+    let base = match &opts.base {
+        None => default_base(&store, progress)?,
+        Some(b) => store_base(&store, b, progress)?,
+    };
+    if !base.python.is_empty() && !env.python_matches(&base.python) {
+        return Err(BuildError::Invalid(format!(
+            "{} asks for python {}, but the base image has Python {}. Hint: change the python line, or build on a base with that version (--base)",
+            opts.env_file.display(),
+            env.python.as_deref().unwrap_or("?"),
+            base.python
+        )));
+    }
+    let has_micromamba = [
+        "opt/conda/bin/micromamba",
+        "usr/local/bin/micromamba",
+        "usr/bin/micromamba",
+    ]
+    .iter()
+    .any(|p| base.rootfs.join(p).is_file());
+    if !env.conda.is_empty() && !has_micromamba {
+        return Err(BuildError::Invalid(format!(
+            "conda packages {} need a conda channel, and the base image has no micromamba. Hint: list them under `pip:` instead, or build on a base image that carries micromamba (--base)",
+            env.conda.join(", ")
+        )));
+    }
+
+    // The rebuild check: what the image is made of.
+    let key = format!(
+        "sha256:{}",
+        sha256_hex(
+            format!(
+                "{}\n{}\n{}\n{}",
+                rootfs_builder::BUILDER_VERSION,
+                base.digest,
+                sha256_hex(&env_bytes),
+                BUILD_SCRIPT
+            )
+            .as_bytes()
+        )
+    );
+    if !opts.force
+        && let Some(existing) = store.resolve(&name)?
+        && image_label(&store, &existing, LABEL_BUILD_KEY).as_deref() == Some(key.as_str())
+    {
+        return Ok(Built {
+            name,
+            digest: existing,
+            up_to_date: true,
+            layers: Vec::new(),
+            packages: Vec::new(),
+            lock_file: None,
+        });
+    }
+
+    let work = store.tmp_path("build");
+    fs::create_dir_all(&work).map_err(io_err("creating the build directory"))?;
+    let result = build_in(
+        &opts.env_file,
+        &env,
+        &name,
+        &key,
+        &base,
+        &store,
+        &work,
+        progress,
+    );
+    let _ = fs::remove_dir_all(&work);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_in(
+    env_file: &Path,
+    env: &EnvFile,
+    name: &str,
+    key: &str,
+    base: &Base,
+    store: &Store,
+    work: &Path,
+    progress: &dyn Progress,
+) -> Result<Built, BuildError> {
+    let (src, layer, data) = (work.join("src"), work.join("layer"), work.join("data"));
+    for d in [&src, &layer, &data] {
+        fs::create_dir_all(d).map_err(io_err("creating the build directory"))?;
+    }
+    fs::write(src.join("build.py"), BUILD_SCRIPT).map_err(io_err("writing the build script"))?;
+    fs::write(
+        src.join("request.json"),
+        serde_json::to_vec(
+            &json!({"pip": env.pip_packages, "conda": env.conda, "channels": env.channels}),
+        )
+        .unwrap_or_default(),
+    )
+    .map_err(io_err("writing the build request"))?;
+    if !env.pip_packages.is_empty() {
+        let python = image::host_python().ok_or(ImageError::NoHostPython)?;
+        let pip = host_pip(&python)?;
+        copy_tree(&pip.join("pip"), &src.join("pip").join("pip"))
+            .map_err(io_err(format!("copying pip from {}", pip.display())))?;
+    }
+    // The build stage: this very binary, `run` with the build-only mount of /opt/conda.
+    let exe = std::env::current_exe().map_err(io_err("finding the pysandbox binary"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .args([
+            "--network",
+            "--timeout",
+            "60m",
+            "--memory",
+            "4G",
+            "--pids",
+            "1024",
+        ])
+        .args(["--output-limit", "64M"])
+        .arg("--image")
+        .arg(&base.rootfs)
+        .arg("--conda-layer")
+        .arg(&layer)
+        .arg("--dev")
+        .arg(&src)
+        .arg("--data")
+        .arg(&data)
+        .arg("--stdin")
+        .arg("/dev/null");
+    for k in PASSED_ENV {
+        if std::env::var_os(k).is_some() {
+            cmd.arg("-e").arg(k);
+        }
+    }
+    cmd.arg(src.join("build.py"));
+    progress.start("installing packages (build stage)", None);
+    let st = cmd.status().map_err(io_err("starting the build stage"))?;
+    progress.finish();
+    if !st.success() {
+        return Err(BuildError::Stage(st.to_string()));
+    }
+
+    // What pip resolved.
+    let mut packages: Vec<Locked> = Vec::new();
+    if let Ok(raw) = fs::read(data.join("output/report.json"))
+        && let Ok(report) = serde_json::from_slice::<serde_json::Value>(&raw)
+    {
+        for item in report["install"].as_array().into_iter().flatten() {
+            let meta = &item["metadata"];
+            packages.push(Locked {
+                name: meta["name"].as_str().unwrap_or_default().to_string(),
+                version: meta["version"].as_str().unwrap_or_default().to_string(),
+                sha256: item["download_info"]["archive_info"]["hashes"]["sha256"]
+                    .as_str()
+                    .map(String::from),
+            });
+        }
+    }
+    packages.sort();
+
+    // The new layer: only the upper directory, under opt/conda.
+    progress.start("packing the image layer", None);
+    let xattr_prefix = if crate::sys::euid() == 0 && crate::sys::in_initial_userns() {
+        "trusted."
+    } else {
+        "user."
+    };
+    let tmp = store.tmp_path("layer");
+    let f = io::BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&tmp).map_err(io_err("creating the layer"))?,
+    );
+    let new_layer = rootfs_builder::layer::write_layer(
+        &layer.join("upper"),
+        "opt/conda",
+        Source::OverlayUpper { xattr_prefix },
+        f,
+    )
+    .map_err(io_err("packing the layer"))?;
+    let mut r = fs::File::open(&tmp).map_err(io_err("reading the layer"))?;
+    store.put_blob(&mut r, Some((&new_layer.digest, new_layer.size)))?;
+    let _ = fs::remove_file(&tmp);
+    progress.finish();
+
+    let mut layers = base.layers.clone();
+    layers.push(new_layer);
+    let pkg_list: Vec<String> = packages
+        .iter()
+        .map(|p| format!("{}=={}", p.name, p.version))
+        .collect();
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_BUILD_KEY.to_string(), key.to_string());
+    labels.insert(LABEL_PACKAGES.to_string(), pkg_list.join(","));
+    labels.insert(LABEL_PYTHON.to_string(), base.python.clone());
+    let settings = rootfs_builder::oci::ImageSettings {
+        env: vec!["PATH=/opt/conda/bin:/usr/local/bin:/usr/bin:/bin".into()],
+        cmd: vec![rootfs_builder::IMAGE_PYTHON.into()],
+        user: Some("1000:1000".into()),
+        working_dir: Some(crate::spec::DATA_DIR.into()),
+        labels,
+    };
+    let config = rootfs_builder::oci::config_json(&layers, &settings);
+    let (cd, cs) = store.put_blob(&mut &config[..], None)?;
+    let manifest = rootfs_builder::oci::manifest_json((&cd, cs), &layers);
+    let (md, _) = store.put_blob(&mut &manifest[..], None)?;
+    store.tag(name, &md)?;
+
+    let lock = Lock {
+        image: name.to_string(),
+        digest: md.clone(),
+        python: base.python.clone(),
+        base: base.digest.clone(),
+        layers: layers.iter().map(|l| l.digest.clone()).collect(),
+        packages: packages.clone(),
+    };
+    let lock_path = env_file.with_extension("lock.json");
+    let lock_file = fs::write(
+        &lock_path,
+        serde_json::to_vec_pretty(&lock).unwrap_or_default(),
+    )
+    .ok()
+    .map(|_| lock_path);
+    Ok(Built {
+        name: name.to_string(),
+        digest: md,
+        up_to_date: false,
+        layers: lock.layers,
+        packages: pkg_list,
+        lock_file,
+    })
+}
+
+/// A label of a stored image's config.
+fn image_label(store: &Store, manifest_digest: &str, label: &str) -> Option<String> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(manifest_digest, 4 << 20).ok()?).ok()?;
+    let c: serde_json::Value = serde_json::from_slice(
+        &store
+            .read_blob(m["config"]["digest"].as_str()?, 4 << 20)
+            .ok()?,
+    )
+    .ok()?;
+    c["config"]["Labels"][label].as_str().map(String::from)
+}

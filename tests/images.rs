@@ -1,0 +1,201 @@
+//! Images end to end through the command line: `--image` with an OCI layout, a
+//! `docker save` archive and a store name; `image import | ls | inspect | rm | prune`; and
+//! `image build` from an environment file (installs from a package index, so it needs one:
+//! PyPI or what PIP_INDEX_URL names; set PYSANDBOX_TEST_NO_INDEX=1 where there is none and
+//! the build tests say they were skipped).
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// An OCI layout holding one image: a python root file system built by rootfs-builder
+/// from Debian's python3, as a single layer. Made once per test process.
+fn python_layout() -> PathBuf {
+    static L: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    L.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("pysandbox-layout-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
+        let rootfs = d.path().join("rootfs");
+        rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
+        let layout = d.path().join("layout");
+        let l = rootfs_builder::oci::Layout::create(&layout).unwrap();
+        let layer = l
+            .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
+            .unwrap();
+        l.finish(&[layer], &Default::default(), "py:1").unwrap();
+        std::fs::remove_dir_all(&rootfs).unwrap();
+        // Readable by the unprivileged user too.
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(d.path())
+            .status();
+        d
+    })
+    .path()
+    .join("layout")
+}
+
+/// A private store for `who` (an XDG_DATA_HOME of its own), so tests do not share names.
+fn with_store(who: Who, dir: &Path, args: &[&str]) -> std::process::Output {
+    let data = dir.join("xdg-data");
+    if !data.exists() {
+        std::fs::create_dir(&data).unwrap();
+        let m = std::fs::metadata(dir).unwrap();
+        std::os::unix::fs::chown(
+            &data,
+            Some(std::os::unix::fs::MetadataExt::uid(&m)),
+            Some(std::os::unix::fs::MetadataExt::gid(&m)),
+        )
+        .unwrap();
+    }
+    let mut cmd = command(who, dir, args);
+    if matches!(who, Who::User | Who::UserInUserns) {
+        let mut a: Vec<String> = cmd.get_args().map(|x| x.to_string_lossy().into()).collect();
+        let i = a.iter().position(|x| x == "-i").unwrap();
+        a.insert(i + 1, format!("XDG_DATA_HOME={}", data.display()));
+        let prog = cmd.get_program().to_owned();
+        cmd = std::process::Command::new(prog);
+        cmd.args(a).current_dir(dir);
+    } else {
+        cmd.env("XDG_DATA_HOME", &data);
+    }
+    cmd.stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+each_mode!(oci_layout_archive_and_store_names, |who| {
+    let dir = workdir(who);
+    let code = "import sys; print(sys.prefix, sys.version_info[:2])";
+    // An OCI layout directory: imported on the fly.
+    let layout = python_layout().to_str().unwrap().to_string();
+    let o = with_store(
+        who,
+        dir.path(),
+        &["run", "--image", &layout, "--code", code],
+    );
+    assert_code(&o, 0, "run --image LAYOUT");
+    assert_eq!(stdout(&o), "/opt/conda (3, 11)\n");
+    // A `docker save` archive made by skopeo.
+    let archive = dir.path().join("py.tar");
+    let st = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci:{layout}:py:1"),
+            &format!("docker-archive:{}:py:1", archive.display()),
+        ])
+        .status()
+        .expect("skopeo is installed by .ci/run");
+    assert!(st.success());
+    let m = std::fs::metadata(dir.path()).unwrap();
+    std::os::unix::fs::chown(
+        &archive,
+        Some(std::os::unix::fs::MetadataExt::uid(&m)),
+        None,
+    )
+    .unwrap();
+    let o = with_store(
+        who,
+        dir.path(),
+        &["run", "--image", archive.to_str().unwrap(), "--code", code],
+    );
+    assert_code(&o, 0, "run --image ARCHIVE");
+    // import, ls, inspect, run by name, rm, prune.
+    let o = with_store(who, dir.path(), &["image", "import", &layout, "-t", "mypy"]);
+    assert_code(&o, 0, "image import");
+    let o = with_store(who, dir.path(), &["image", "ls"]);
+    assert_code(&o, 0, "image ls");
+    assert!(stdout(&o).contains("py:1"), "{}", stdout(&o));
+    let o = with_store(who, dir.path(), &["image", "inspect", "py:1"]);
+    assert_code(&o, 0, "image inspect");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["layers"].as_array().unwrap().len(), 1);
+    let o = with_store(who, dir.path(), &["run", "--image", "py:1", "--code", code]);
+    assert_code(&o, 0, "run --image NAME");
+    assert_eq!(stdout(&o), "/opt/conda (3, 11)\n");
+    let o = with_store(
+        who,
+        dir.path(),
+        &["run", "--image", "no-such-image", "--code", code],
+    );
+    assert_code(&o, 125, "unknown image");
+    assert!(stderr(&o).contains("no-such-image"), "{}", stderr(&o));
+    for name in ["py:1", "docker.io/library/py:1"] {
+        let _ = with_store(who, dir.path(), &["image", "rm", name]);
+    }
+    let o = with_store(who, dir.path(), &["image", "prune"]);
+    assert_code(&o, 0, "image prune");
+});
+
+fn no_index() -> bool {
+    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
+        eprintln!(
+            "SKIP image build: PYSANDBOX_TEST_NO_INDEX=1 says there is no package index here"
+        );
+        return true;
+    }
+    false
+}
+
+each_mode!(image_build_from_an_environment_file, |who| {
+    if no_index() {
+        return;
+    }
+    let dir = workdir(who);
+    put(
+        dir.path(),
+        "tiny.yaml",
+        "name: tiny\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - six==1.17.0\n",
+    );
+    let o = with_store(who, dir.path(), &["image", "build", "tiny.yaml"]);
+    assert_code(&o, 0, "image build");
+    assert!(stdout(&o).contains("built tiny"), "{}", stdout(&o));
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tiny.lock.json")).unwrap()).unwrap();
+    assert_eq!(lock["packages"][0]["name"], "six");
+    assert_eq!(lock["packages"][0]["version"], "1.17.0");
+    assert_eq!(lock["layers"].as_array().unwrap().len(), 2);
+    // The package is there, pip and shells are not.
+    let o = with_store(
+        who,
+        dir.path(),
+        &[
+            "run",
+            "--image",
+            "tiny",
+            "--code",
+            "import six, importlib.util as u, shutil\nprint(six.__version__, u.find_spec('pip'), shutil.which('sh'))",
+        ],
+    );
+    assert_code(&o, 0, "run the built image");
+    assert_eq!(stdout(&o), "1.17.0 None None\n");
+    // Unchanged: not rebuilt. Forced: rebuilt to the same digests (reproducible layers).
+    let o = with_store(who, dir.path(), &["image", "build", "tiny.yaml"]);
+    assert!(stdout(&o).contains("up to date"), "{}", stdout(&o));
+    let o = with_store(who, dir.path(), &["image", "build", "-f", "tiny.yaml"]);
+    assert_code(&o, 0, "forced rebuild");
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tiny.lock.json")).unwrap()).unwrap();
+    assert_eq!(
+        again["layers"], lock["layers"],
+        "layers must be reproducible"
+    );
+    assert_eq!(again["digest"], lock["digest"]);
+    // Conda packages need a conda channel; a wrong python is refused before anything runs.
+    put(
+        dir.path(),
+        "conda.yaml",
+        "dependencies:\n  - python=3.11\n  - numpy\n",
+    );
+    let o = with_store(who, dir.path(), &["image", "build", "conda.yaml"]);
+    assert_code(&o, 125, "conda package");
+    assert!(stderr(&o).contains("micromamba"), "{}", stderr(&o));
+    put(dir.path(), "old.yaml", "dependencies:\n  - python=2.7\n");
+    let o = with_store(who, dir.path(), &["image", "build", "old.yaml"]);
+    assert_code(&o, 125, "python mismatch");
+    assert!(stderr(&o).contains("2.7"), "{}", stderr(&o));
+});
