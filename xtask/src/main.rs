@@ -358,10 +358,16 @@ fn unpack_bench(
     let desc = format!("{} MB gzip, {} files", layer.size >> 20, layer.files);
     let xdg = tmp.join("xdg");
     std::fs::create_dir_all(&xdg)?;
-    sh(Command::new(pysandbox)
+    let imported = sh(Command::new(pysandbox)
         .args(["image", "import"])
         .arg(&layout)
         .env("XDG_DATA_HOME", &xdg))?;
+    // "imported NAME (sha256:...)"
+    let name = imported
+        .split_whitespace()
+        .nth(1)
+        .context("image import printed no name")?
+        .to_string();
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
@@ -372,7 +378,7 @@ fn unpack_bench(
         let dest = tmp.join(format!("unpack-ours-{i}"));
         let t = Instant::now();
         sh(Command::new(pysandbox)
-            .args(["image", "unpack", "bench"])
+            .args(["image", "unpack", &name])
             .arg(&dest)
             .env("XDG_DATA_HOME", &xdg))?;
         ours.push(t.elapsed().as_secs_f64() * 1000.0);
