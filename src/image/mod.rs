@@ -304,7 +304,9 @@ pub fn host_python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PYSANDBOX_PYTHON") {
         return Some(PathBuf::from(p));
     }
-    let path = std::env::var_os("PATH")?;
+    // Without PATH (e.g. `env -i`), the conventional system directories, as execvp does.
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| std::ffi::OsString::from("/usr/local/bin:/usr/bin:/bin"));
     for dir in std::env::split_paths(&path) {
         let cand = dir.join("python3");
         if let Ok(m) = fs::metadata(&cand) {
