@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pysandbox::image::archive::LayoutWriter;
 use pysandbox::image::registry;
 use pysandbox::image::store::{NoProgress, Store, StoreError};
 
@@ -147,13 +146,19 @@ fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// An OCI layout with one image; returns its manifest digest.
 fn image(dir: &Path, tag: &str, content: &[u8]) -> String {
-    let mut w = LayoutWriter::create(dir).unwrap();
-    w.add_layer_tar(&mut &layer(&[("app/hello.py", content)])[..])
+    let l = rootfs_builder::oci::Layout::create(dir).unwrap();
+    let a = l
+        .put_layer_tar(&mut &layer(&[("app/hello.py", content)])[..])
         .unwrap();
-    w.add_layer_tar(&mut &layer(&[("app/second.txt", b"2")])[..])
+    let b = l
+        .put_layer_tar(&mut &layer(&[("app/second.txt", b"2")])[..])
         .unwrap();
-    w.finish(tag, serde_json::json!({"config": {"Cmd": ["python"]}}))
-        .unwrap()
+    l.finish_with_config(
+        &[a, b],
+        serde_json::json!({"config": {"Cmd": ["python"]}}),
+        tag,
+    )
+    .unwrap()
 }
 
 fn manifest_layers(store: &Store, digest: &str) -> Vec<String> {

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pysandbox::image::archive::{self, LayoutWriter};
+use pysandbox::image::archive;
 use pysandbox::image::store::{NoProgress, Progress, Store, StoreError};
 
 fn tool(name: &str) -> bool {
@@ -54,12 +54,13 @@ fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// An OCI layout holding one image with these layers; returns its manifest digest.
 fn make_layout(dir: &Path, name: &str, layers: &[Vec<u8>], packages: &str) -> String {
-    let mut w = LayoutWriter::create(dir).unwrap();
-    for l in layers {
-        w.add_layer_tar(&mut &l[..]).unwrap();
-    }
-    w.finish(
-        name,
+    let w = rootfs_builder::oci::Layout::create(dir).unwrap();
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| w.put_layer_tar(&mut &l[..]).unwrap())
+        .collect();
+    w.finish_with_config(
+        &layers,
         serde_json::json!({
             "created": "2024-05-01T10:00:00Z",
             "config": {
@@ -68,6 +69,7 @@ fn make_layout(dir: &Path, name: &str, layers: &[Vec<u8>], packages: &str) -> St
                 "Labels": {"org.pysandbox.packages": packages},
             }
         }),
+        name,
     )
     .unwrap()
 }
@@ -627,9 +629,13 @@ fn layout_of_a_directory_unpacks_to_the_same_tree() {
     fs::write(src.join("data"), b"d").unwrap();
     fs::hard_link(src.join("data"), src.join("data2")).unwrap();
     std::os::unix::fs::symlink("bin/tool", src.join("link")).unwrap();
-    let mut w = LayoutWriter::create(&d.path().join("l")).unwrap();
-    w.add_layer_dir(&src).unwrap();
-    let digest = w.finish("dir", serde_json::json!({})).unwrap();
+    let w = rootfs_builder::oci::Layout::create(&d.path().join("l")).unwrap();
+    let layer = w
+        .put_layer(&src, "", rootfs_builder::layer::Source::Tree)
+        .unwrap();
+    let digest = w
+        .finish_with_config(&[layer], serde_json::json!({}), "dir")
+        .unwrap();
     let store = Store::open(&d.path().join("store")).unwrap();
     archive::import(&store, &d.path().join("l"), None, &NoProgress).unwrap();
     let out = d.path().join("out");

@@ -74,6 +74,44 @@ fn is_opaque(dir: &Path, prefix: &str) -> bool {
     r == 1 && v[0] == b'y'
 }
 
+/// The gzip + two-hash pipeline every layer goes through.
+fn layer_pipeline<W: Write>(out: W) -> Hashing<flate2::write::GzEncoder<Hashing<W>>> {
+    let gz = flate2::GzBuilder::new().mtime(0).write(
+        Hashing {
+            inner: out,
+            hash: Sha256::new(),
+            n: 0,
+        },
+        flate2::Compression::new(6),
+    );
+    Hashing {
+        inner: gz,
+        hash: Sha256::new(),
+        n: 0,
+    }
+}
+
+fn close_pipeline<W: Write>(
+    tar_out: Hashing<flate2::write::GzEncoder<Hashing<W>>>,
+    files: u64,
+) -> io::Result<LayerDigests> {
+    let diff_id = format!("sha256:{}", hex(&tar_out.hash.finalize()));
+    let gz_out = tar_out.inner.finish()?;
+    Ok(LayerDigests {
+        digest: format!("sha256:{}", hex(&gz_out.hash.finalize())),
+        size: gz_out.n,
+        diff_id,
+        files,
+    })
+}
+
+/// Gzips an uncompressed tar stream into `out` as a layer (test fixtures, imports).
+pub fn write_layer_tar(tar: &mut dyn io::Read, out: impl Write) -> io::Result<LayerDigests> {
+    let mut p = layer_pipeline(out);
+    io::copy(tar, &mut p)?;
+    close_pipeline(p, 0)
+}
+
 /// Writes `src` as a gzip'd tar into `out`, every path under `prefix` (e.g. `opt/conda`,
 /// or empty for a whole root file system).
 pub fn write_layer(
@@ -82,20 +120,7 @@ pub fn write_layer(
     source: Source,
     out: impl Write,
 ) -> io::Result<LayerDigests> {
-    let gz_out = Hashing {
-        inner: out,
-        hash: Sha256::new(),
-        n: 0,
-    };
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(gz_out, flate2::Compression::new(6));
-    let tar_out = Hashing {
-        inner: gz,
-        hash: Sha256::new(),
-        n: 0,
-    };
-    let mut b = tar::Builder::new(tar_out);
+    let mut b = tar::Builder::new(layer_pipeline(out));
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(false);
     let mut w = Walker {
@@ -116,15 +141,7 @@ pub fn write_layer(
     }
     w.walk(src, &root)?;
     let files = w.files;
-    let tar_out = b.into_inner()?;
-    let diff_id = format!("sha256:{}", hex(&tar_out.hash.finalize()));
-    let gz_out = tar_out.inner.finish()?;
-    Ok(LayerDigests {
-        digest: format!("sha256:{}", hex(&gz_out.hash.finalize())),
-        size: gz_out.n,
-        diff_id,
-        files,
-    })
+    close_pipeline(b.into_inner()?, files)
 }
 
 struct Walker<'a, W: Write> {

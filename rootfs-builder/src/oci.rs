@@ -114,6 +114,15 @@ impl Layout {
         Ok(d)
     }
 
+    /// Writes a layer from an uncompressed tar stream.
+    pub fn put_layer_tar(&self, tar: &mut dyn io::Read) -> io::Result<LayerDigests> {
+        let tmp = self.dir.join("blobs/sha256/.layer.tmp");
+        let f = io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+        let d = crate::layer::write_layer_tar(tar, f)?;
+        fs::rename(&tmp, self.blob_path(&d.digest))?;
+        Ok(d)
+    }
+
     /// Copies a layer blob made earlier (e.g. a cached base layer) into this layout.
     pub fn put_layer_file(&self, file: &Path, d: &LayerDigests) -> io::Result<()> {
         let dst = self.blob_path(&d.digest);
@@ -131,7 +140,36 @@ impl Layout {
         s: &ImageSettings,
         ref_name: &str,
     ) -> io::Result<String> {
-        let (cd, cs) = self.put_bytes(&config_json(layers, s))?;
+        self.finish_raw(layers, &config_json(layers, s), ref_name)
+    }
+
+    /// As [`Layout::finish`], with a config the caller made (`rootfs`, `architecture`
+    /// and `os` are filled in).
+    pub fn finish_with_config(
+        &self,
+        layers: &[LayerDigests],
+        mut config: Value,
+        ref_name: &str,
+    ) -> io::Result<String> {
+        if !config.is_object() {
+            config = json!({});
+        }
+        config["architecture"] = Value::from(oci_arch());
+        config["os"] = Value::from("linux");
+        config["rootfs"] = json!({
+            "type": "layers",
+            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+        });
+        self.finish_raw(layers, &serde_json::to_vec(&config)?, ref_name)
+    }
+
+    fn finish_raw(
+        &self,
+        layers: &[LayerDigests],
+        config: &[u8],
+        ref_name: &str,
+    ) -> io::Result<String> {
+        let (cd, cs) = self.put_bytes(config)?;
         let (md, ms) = self.put_bytes(&manifest_json((&cd, cs), layers))?;
         let index = json!({
             "schemaVersion": 2,

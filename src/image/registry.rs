@@ -6,12 +6,12 @@
 //! every manifest and blob is verified against its digest (and size) while it streams
 //! into the store, so a tampered or truncated download never lands there.
 
-use std::io::{self, Read};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use oci_spec::image::Descriptor;
 
+use super::store::ProgressReader;
 use super::store::{self, DocKind, MAX_JSON, Progress, Store, StoreError};
 
 /// A parsed image reference.
@@ -459,19 +459,6 @@ impl Client {
             other => other,
         })?;
         Ok(())
-    }
-}
-
-struct ProgressReader<'a, R> {
-    inner: R,
-    progress: &'a dyn Progress,
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
     }
 }
 
