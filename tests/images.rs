@@ -10,25 +10,15 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// An OCI layout holding one image: a python root file system built by rootfs-builder
-/// from Debian's python3, as a single layer. Made once per test process.
-fn python_layout() -> PathBuf {
+/// The OCI layout of `common::python_layout`, made once per test process.
+fn shared_layout() -> PathBuf {
     static L: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     L.get_or_init(|| {
         let d = tempfile::Builder::new()
             .prefix("pysandbox-layout-")
             .tempdir_in("/tmp")
             .unwrap();
-        let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
-        let rootfs = d.path().join("rootfs");
-        rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
-        let layout = d.path().join("layout");
-        let l = rootfs_builder::oci::Layout::create(&layout).unwrap();
-        let layer = l
-            .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
-            .unwrap();
-        l.finish(&[layer], &Default::default(), "py:1").unwrap();
-        std::fs::remove_dir_all(&rootfs).unwrap();
+        python_layout(&d.path().join("layout"), "py:1");
         // Readable by the unprivileged user too.
         let _ = std::process::Command::new("chmod")
             .args(["-R", "a+rX"])
@@ -71,7 +61,7 @@ each_mode!(oci_layout_archive_and_store_names, |who| {
     let dir = workdir(who);
     let code = "import sys; print(sys.prefix, sys.version_info[:2])";
     // An OCI layout directory: imported on the fly.
-    let layout = python_layout().to_str().unwrap().to_string();
+    let layout = shared_layout().to_str().unwrap().to_string();
     let o = with_store(
         who,
         dir.path(),

@@ -6,6 +6,10 @@
 //! Skipped with a message when docker-registry or skopeo is missing, unless
 //! PYSANDBOX_MUST_WORK=1.
 
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -561,15 +565,8 @@ fn pull_then_run_through_the_command_line() {
     }
     let reg = Registry::start();
     let d = tempfile::tempdir().unwrap();
-    let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
-    let rootfs = d.path().join("rootfs");
-    rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
     let layout = d.path().join("layout");
-    let l = rootfs_builder::oci::Layout::create(&layout).unwrap();
-    let layer = l
-        .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
-        .unwrap();
-    l.finish(&[layer], &Default::default(), "3.11").unwrap();
+    common::python_layout(&layout, "3.11");
     reg.push(&layout, "3.11", "lab/python:3.11", &[]);
 
     let bin = env!("CARGO_BIN_EXE_pysandbox");

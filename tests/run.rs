@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -281,20 +280,7 @@ each_mode!(timeout_kills_everything, |who| {
 each_mode!(sigkill_of_pysandbox_leaves_nothing, |who| {
     let marker = unique("kill");
     let dir = workdir(who);
-    put(
-        dir.path(),
-        "t.py",
-        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
-    );
-    let mut child = command(who, dir.path(), &["run", "t.py", &marker])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    out.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ready\n");
+    let mut child = start_sleeper(who, dir.path(), &marker);
     // The pysandbox process itself (setpriv/unshare exec into it: same pid).
     let pysandbox_pid = child.id() as i32;
     // SAFETY: killing our own child.
@@ -457,19 +443,7 @@ fn root_in_a_root_mapped_userns_is_refused() {
 each_mode!(sigterm_to_pysandbox_cleans_up, |who| {
     let marker = unique("term");
     let dir = workdir(who);
-    put(
-        dir.path(),
-        "t.py",
-        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
-    );
-    let mut child = command(who, dir.path(), &["run", "t.py", &marker])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    out.read_exact(&mut buf).unwrap();
+    let mut child = start_sleeper(who, dir.path(), &marker);
     let t = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

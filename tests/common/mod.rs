@@ -266,3 +266,37 @@ pub fn unique(tag: &str) -> String {
         .as_nanos();
     format!("{tag}-{}-{n}", std::process::id())
 }
+
+/// Writes an OCI layout at `layout` holding one image, tagged `tag`: a python root file
+/// system built by rootfs-builder from Debian's python3, as a single layer.
+pub fn python_layout(layout: &Path, tag: &str) {
+    let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
+    let rootfs = layout.with_extension("rootfs");
+    rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
+    let l = rootfs_builder::oci::Layout::create(layout).unwrap();
+    let layer = l
+        .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
+        .unwrap();
+    l.finish(&[layer], &Default::default(), tag).unwrap();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+}
+
+/// Starts pysandbox running a script that prints "ready" and sleeps, with `marker` as its
+/// argument; returns once the script is running.
+pub fn start_sleeper(who: Who, dir: &Path, marker: &str) -> std::process::Child {
+    use std::io::Read;
+    put(
+        dir,
+        "t.py",
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
+    );
+    let mut child = command(who, dir, &["run", "t.py", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 6];
+    child.stdout.as_mut().unwrap().read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    child
+}
