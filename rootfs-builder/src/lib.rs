@@ -44,7 +44,7 @@ use fsops::Image;
 
 /// Bumped whenever the image layout or content rules change (part of the
 /// image cache key).
-pub const BUILDER_VERSION: u32 = 2;
+pub const BUILDER_VERSION: u32 = 3;
 
 /// The interpreter's path inside the image.
 pub const IMAGE_PYTHON: &str = "/opt/conda/bin/python";
@@ -130,6 +130,7 @@ pub fn build_rootfs(host: &HostPython, dest: &Path) -> Result<RootfsManifest, Bu
 
     skeleton::write_skeleton(&image)?;
     let ca_bundle = skeleton::copy_ca_certificates(&image, host)?;
+    skeleton::copy_zoneinfo(&image)?;
 
     stdlib::compile(
         host,

@@ -61,6 +61,11 @@ pub(crate) fn write_skeleton(image: &Image) -> Result<(), BuildError> {
         ("/etc/hosts", HOSTS),
         ("/etc/nsswitch.conf", NSSWITCH),
         ("/etc/hostname", "sandbox\n"),
+        // What `platform.freedesktop_os_release()` and friends read.
+        (
+            "/etc/os-release",
+            "NAME=\"pysandbox\"\nID=pysandbox\nPRETTY_NAME=\"pysandbox distroless Python\"\n",
+        ),
         // Empty: the sandbox bind-mounts its own over it (or leaves it empty
         // when there is no network).
         ("/etc/resolv.conf", ""),
@@ -69,6 +74,39 @@ pub(crate) fn write_skeleton(image: &Image) -> Result<(), BuildError> {
         image.write_file(Path::new(path), contents.as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// The IANA time zone database, for `zoneinfo` and `time.tzset` (about 4 MB). No
+/// `/etc/localtime`: the sandbox runs in UTC and does not learn the host's zone.
+const ZONEINFO: &str = "/usr/share/zoneinfo";
+
+/// Copies the host's time zone database, if it has one (the "right/" leap-second
+/// variants are left out). Returns whether it did.
+pub(crate) fn copy_zoneinfo(image: &Image) -> Result<bool, BuildError> {
+    fn walk(image: &Image, dir: &Path) -> Result<(), BuildError> {
+        let Ok(rd) = fs::read_dir(dir) else {
+            return Ok(());
+        };
+        let mut entries: Vec<_> = rd.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                if e.file_name() != "right" {
+                    walk(image, &p)?;
+                }
+            } else if ft.is_file() || ft.is_symlink() {
+                image.mirror(&p)?;
+            }
+        }
+        Ok(())
+    }
+    if !Path::new(ZONEINFO).is_dir() {
+        return Ok(false);
+    }
+    walk(image, Path::new(ZONEINFO))?;
+    Ok(true)
 }
 
 /// Copies the host's CA bundle and recreates OpenSSL's default lookup paths
