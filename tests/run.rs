@@ -575,3 +575,33 @@ fn default_image_is_built_once_atomically_and_rebuilt_when_python_changes() {
         "a changed interpreter must trigger a rebuild"
     );
 }
+
+#[test]
+fn read_only_data_folder_runs_without_output() {
+    // An ordinary user in a folder it cannot write to: the run goes ahead, output/ is
+    // read-only inside, and pysandbox says why; nothing is created.
+    if !available(Who::User) {
+        return;
+    }
+    let dir = workdir(Who::Root);
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("data.txt"), "x").unwrap();
+    let o = run_in(
+        Who::User,
+        dir.path(),
+        &[
+            "run",
+            "--code",
+            "print(open('data.txt').read())\ntry:\n    open('output/y', 'w')\nexcept OSError:\n    print('read-only')\n",
+        ],
+        b"",
+    );
+    assert_code(&o, 0, "read-only data folder");
+    assert_eq!(stdout(&o), "x\nread-only\n");
+    assert!(stderr(&o).contains("no output folder"), "{}", stderr(&o));
+    assert!(!dir.path().join("output").exists());
+}

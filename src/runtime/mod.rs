@@ -103,6 +103,8 @@ struct Inputs {
     data: Option<PathBuf>,
     output: Option<PathBuf>,
     stdin: Option<OwnedFd>,
+    /// Said in the report (e.g. no output folder could be made).
+    warnings: Vec<String>,
 }
 
 fn input_err(msg: String) -> RuntimeError {
@@ -134,6 +136,7 @@ impl Inputs {
             data: None,
             output: None,
             stdin: None,
+            warnings: Vec::new(),
         };
         match &p.script {
             Script::File(path) => {
@@ -209,6 +212,16 @@ impl Inputs {
                 ));
             }
             let default_out = data.join("output");
+            // A data folder the caller cannot write to (e.g. a system folder): run with a
+            // read-only output/ rather than refuse, and say so.
+            if p.output.is_none() && !default_out.exists() && !writable(&data) {
+                inp.warnings.push(format!(
+                    "no output folder: {} cannot be created here, so the script's output/ is read-only (pass --output DIR)",
+                    default_out.display()
+                ));
+                inp.data = Some(data);
+                return inp.with_stdin(p);
+            }
             let out = p.output.clone().unwrap_or_else(|| default_out.clone());
             let out = prepare_output(&out, p.output.is_some(), mode, created)?;
             if out != default_out {
@@ -234,7 +247,11 @@ impl Inputs {
             inp.data = Some(data);
             inp.output = Some(out);
         }
+        inp.with_stdin(p)
+    }
 
+    fn with_stdin(mut self, p: &RunPolicy) -> Result<Inputs, RuntimeError> {
+        let inp = &mut self;
         inp.stdin = match &p.stdin {
             StdinSource::Null => None,
             StdinSource::File(f) => {
@@ -253,8 +270,19 @@ impl Inputs {
                 }
             }
         };
-        Ok(inp)
+        Ok(self)
     }
+}
+
+/// Whether the caller may create entries in `dir` (access(2): real ids, ACLs, read-only
+/// file systems).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 /// Creates the output folder if missing; refuses symlinks and non-folders. As root for a
@@ -694,6 +722,7 @@ fn launch(
     let status = Status::parse(&supervised.status);
     let mut report = make_report(id, image, &supervised, status, oom_kills > 0, merged.full);
     report.limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    report.warnings.extend(inputs.warnings.iter().cloned());
     if report.signal == Some(libc::SIGSYS) {
         report.warnings.push(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
