@@ -383,12 +383,15 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     policy.validate()?;
     let mode = Mode::detect()?;
     mark("start");
-    let image = image::resolve(&policy.image)?;
-    mark("image resolved");
+    // Inputs first: a typo in a path fails at once, before any image is built.
     let mut created = Vec::new();
     let result = Inputs::gather(policy, mode, &mut created)
         .map_err(crate::Error::from)
-        .and_then(|inputs| run_prepared(policy, mode, &inputs, &image));
+        .and_then(|inputs| {
+            let image = image::resolve(&policy.image)?;
+            mark("image resolved");
+            run_prepared(policy, mode, &inputs, &image)
+        });
     // Folders pysandbox created: a mount point for --output is never kept; an output
     // folder only if the sandbox ran (nothing half-made is left by a failed start).
     for (dir, keep_if_ran) in created.iter().rev() {
