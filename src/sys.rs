@@ -169,20 +169,6 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-/// Marks every descriptor from `first` up close-on-exec.
-pub fn cloexec_from(first: u32) -> io::Result<()> {
-    // SAFETY: plain syscall with integer arguments.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })?;
-    Ok(())
-}
-
 /// Fills `buf` from the kernel's random pool.
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut off = 0;

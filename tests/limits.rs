@@ -370,3 +370,40 @@ fn library_large_source_and_errors() {
     let missing = pysandbox::Sandbox::with_helper("/nonexistent/pysandbox");
     assert!(missing.run(&pysandbox::RunRequest::code("pass")).is_err());
 }
+
+each_mode!(output_merge_never_follows_host_symlinks, |who| {
+    // A symlink in the host's output folder pointing outside: whatever the script does
+    // with that name, the merge must not write through it.
+    let dir = workdir(who);
+    let outside = workdir(who);
+    let out = dir.path().join("output");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::symlink(outside.path(), out.join("evil")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), out.join("evil2")).unwrap();
+    let m = std::fs::metadata(dir.path()).unwrap();
+    for p in [&out, &out.join("evil"), &out.join("evil2")] {
+        std::os::unix::fs::lchown(p, Some(std::os::unix::fs::MetadataExt::uid(&m)), None).unwrap();
+    }
+    put(
+        dir.path(),
+        "t.py",
+        "import os\nos.remove('output/evil')\nos.mkdir('output/evil')\nopen('output/evil/f', 'w').write('x')\nos.remove('output/evil2')\nopen('output/evil2', 'w').write('y')\n",
+    );
+    let o = run_in(who, dir.path(), &["run", "t.py"], b"");
+    assert_code(&o, 0, "script replacing host symlinks");
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "wrote outside"
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("evil"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(std::fs::read_to_string(out.join("evil/f")).unwrap(), "x");
+    assert!(
+        std::fs::symlink_metadata(out.join("evil2"))
+            .unwrap()
+            .is_file()
+    );
+});

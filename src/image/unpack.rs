@@ -578,28 +578,23 @@ impl Unpacker {
         if is_dir {
             return self.dir(&raw, parent, &cname, key, mode, mtime);
         }
+        let link_target = |e: &tar::Entry<'_, R>| match &ext.link {
+            Some(l) => l.clone(),
+            None => e
+                .link_name_bytes()
+                .map(|c| c.into_owned())
+                .unwrap_or_default(),
+        };
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 self.file(e, &raw, &key, parent, &cname, mode, mtime)
             }
             tar::EntryType::Symlink => {
-                let target = match ext.link {
-                    Some(l) => l,
-                    None => e
-                        .link_name_bytes()
-                        .map(|c| c.into_owned())
-                        .unwrap_or_default(),
-                };
+                let target = link_target(e);
                 self.symlink(&raw, parent, &cname, &target, mtime)
             }
             tar::EntryType::Link => {
-                let target = match ext.link {
-                    Some(l) => l,
-                    None => e
-                        .link_name_bytes()
-                        .map(|c| c.into_owned())
-                        .unwrap_or_default(),
-                };
+                let target = link_target(e);
                 self.hardlink(&raw, &comps, &cname, &target)
             }
             tar::EntryType::Fifo => self.fifo(&raw, parent, &cname, mode, mtime),

@@ -429,7 +429,7 @@ fn run_prepared(
     if policy.strict_limits {
         limits::check_strict(&policy.limits, cgroups)?;
     }
-    let result = launch(policy, mode, inputs, image, &mnt, &id, &lock, cgroups);
+    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups);
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -450,7 +450,6 @@ fn launch(
     image: &ResolvedImage,
     mnt: &Path,
     id: &str,
-    _lock: &fs::File,
     cgroups: CgroupSupport,
 ) -> Result<RunReport, crate::Error> {
     let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
@@ -723,8 +722,16 @@ fn launch(
     }
     let supervised = supervised?;
     let status = Status::parse(&supervised.status);
-    let mut report = make_report(id, image, &supervised, status, oom_kills > 0, merged.full);
-    report.limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    let limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    let mut report = make_report(
+        id,
+        image,
+        &supervised,
+        status,
+        limits,
+        oom_kills > 0,
+        merged.full,
+    );
     report.warnings.extend(inputs.warnings.iter().cloned());
     if report.signal == Some(libc::SIGSYS) {
         report.warnings.push(
@@ -748,6 +755,7 @@ fn make_report(
     image: &ResolvedImage,
     supervised: &supervise::Supervised,
     status: Option<Status>,
+    limits: crate::report::Limits,
     oom: bool,
     output_full: bool,
 ) -> RunReport {
@@ -806,7 +814,7 @@ fn make_report(
         wall_ms: supervised.wall.as_millis() as u64,
         cpu_ms: supervised.cpu.as_millis() as u64,
         max_rss_bytes: supervised.max_rss,
-        limits: limits::describe(&crate::policy::Limits::default(), CgroupSupport::None, &[]),
+        limits,
         seccomp_refused: Refusal::tally(&supervised.refused),
         error,
         warnings: Vec::new(),

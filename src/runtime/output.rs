@@ -336,23 +336,7 @@ fn mount_overlay(
 /// Opens `name` in `dir` as a directory without following a symlink; anything else in
 /// the way (file, symlink) is removed and a directory made.
 fn open_or_make_dir(dir: RawFd, name: &CString, mode: u32) -> io::Result<OwnedFd> {
-    let open = || {
-        // SAFETY: openat relative to a directory descriptor, never following.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: fresh descriptor.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-    };
-    match open() {
+    match open_dir_at(dir, name) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(_) => {
@@ -363,7 +347,24 @@ fn open_or_make_dir(dir: RawFd, name: &CString, mode: u32) -> io::Result<OwnedFd
     if unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    open()
+    open_dir_at(dir, name)
+}
+
+/// Opens directory `name` in `dir`, never following a symlink.
+fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    // SAFETY: openat relative to a directory descriptor, never following.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Removes `name` from `dir` (recursively for a folder, never following a symlink).
@@ -381,19 +382,7 @@ fn remove_at(dir: RawFd, name: &CString) -> io::Result<bool> {
         };
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        // SAFETY: openat never following; the descriptor is owned below.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor.
-        let sub = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sub = open_dir_at(dir, name)?;
         let names: Vec<CString> = fs::read_dir(format!("/proc/self/fd/{}", sub.as_raw_fd()))?
             .flatten()
             .filter_map(|e| cstr(e.file_name().as_bytes()).ok())
