@@ -79,21 +79,15 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub syscall: String,
-    pub count: u32,
+    pub count: u64,
 }
 
 impl Refusal {
-    /// Counts syscall numbers, keeping the order of first refusal.
-    pub fn tally(nrs: &[i32]) -> Vec<Refusal> {
-        let mut out: Vec<(i32, u32)> = Vec::new();
-        for &nr in nrs {
-            match out.iter_mut().find(|e| e.0 == nr) {
-                Some(e) => e.1 += 1,
-                None => out.push((nr, 1)),
-            }
-        }
-        out.into_iter()
-            .map(|(nr, count)| Refusal {
+    /// Names a tally of syscall numbers (kept in its order).
+    pub fn tally(counts: &[(i32, u64)]) -> Vec<Refusal> {
+        counts
+            .iter()
+            .map(|&(nr, count)| Refusal {
                 syscall: crate::seccomp::syscall_name(nr),
                 count,
             })

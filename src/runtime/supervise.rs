@@ -69,8 +69,10 @@ pub struct Supervised {
     pub wall: Duration,
     /// Everything the init wrote on the status socket.
     pub status: Vec<u8>,
-    /// Syscalls the seccomp filter refused (with `--seccomp-log`), in order.
-    pub refused: Vec<i32>,
+    /// Syscalls the seccomp filter refused (with `--seccomp-log`): each number once, in
+    /// the order of its first refusal, with how often (bounded by the number of
+    /// syscalls, however many refusals a script makes).
+    pub refused: Vec<(i32, u64)>,
     pub stdout: Captured,
     pub stderr: Captured,
     /// User + system CPU of the init and every descendant it (or the kernel) reaped.
@@ -272,7 +274,7 @@ impl Supervisor {
             {
                 if fds[i].revents & libc::POLLIN != 0 {
                     match crate::seccomp::answer_one(l) {
-                        Ok(Some(nr)) => refused.push(nr),
+                        Ok(Some(nr)) => count_refusal(&mut refused, nr),
                         Ok(None) => {}
                         Err(_) => listener = None,
                     }
@@ -393,5 +395,13 @@ pub fn kill_and_reap(pidfd: &OwnedFd, pid: i32) {
             0,
         );
         libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// Adds one refusal of syscall `nr` to the tally.
+fn count_refusal(tally: &mut Vec<(i32, u64)>, nr: i32) {
+    match tally.iter_mut().find(|e| e.0 == nr) {
+        Some(e) => e.1 = e.1.saturating_add(1),
+        None => tally.push((nr, 1)),
     }
 }
