@@ -119,6 +119,15 @@ impl Limits {
     pub fn home_size(&self) -> u64 {
         (self.memory / 8).clamp(1 << 20, 64 << 20)
     }
+    /// cgroup v1's separate cap on TCP buffer memory (kmem.tcp).
+    pub fn kernel_tcp_memory(&self) -> u64 {
+        (self.memory / 4).max(1 << 20)
+    }
+    /// What the output folder may hold: `--output-limit`, and never more than `--memory`
+    /// (the folder is a tmpfs until the run ends, so its pages are memory).
+    pub fn output_cap(&self) -> u64 {
+        self.output_folder.min(self.memory)
+    }
     /// RLIMIT_CPU in seconds: a process cannot burn more CPU than the wall-clock limit
     /// allows (plus a second of slack so the wall-clock timeout is what normally fires).
     pub fn cpu_seconds(&self) -> u64 {

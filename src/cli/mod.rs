@@ -62,7 +62,9 @@ struct RunArgs {
     /// CPU quota, e.g. 0.5 or 2 (needs cgroups: root, or a delegated cgroup v2).
     #[arg(long, value_name = "FLOAT")]
     cpus: Option<f64>,
-    /// Cap on what the script may write into the output folder (it gets ENOSPC beyond).
+    /// Cap on what the output folder may put on the host: data blocks, and at least 4 KiB
+    /// per entry (the script gets ENOSPC beyond). Never more than --memory: the folder is
+    /// held in memory until the run ends.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     output_limit: String,
     /// Cap on each of stdout and stderr: beyond it the head and the tail are kept and the
@@ -230,12 +232,12 @@ fn run(a: RunArgs) -> Result<i32> {
         }
         Err(e) => return Err(e.into()),
     };
+    for w in &report.warnings {
+        eprintln!("pysandbox: warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(report.cli_exit_code());
-    }
-    for w in &report.warnings {
-        eprintln!("pysandbox: warning: {w}");
     }
     if policy.seccomp_log {
         if report.seccomp_refused.is_empty() {

@@ -123,7 +123,7 @@ pub fn describe(l: &Limits, cg: CgroupSupport, rl: &[Rlimit]) -> report::Limits 
         file_size_bytes: rlimit(PosixRlimitType::RlimitFsize).unwrap_or(none),
         open_files: rlimit(PosixRlimitType::RlimitNofile).unwrap_or(none),
         output_folder_bytes: Limit {
-            value: Some(l.output_folder as f64),
+            value: Some(l.output_cap() as f64),
             mechanism: Mechanism::Tmpfs,
         },
         stream_bytes: Limit {
@@ -213,7 +213,55 @@ pub fn rlimits(l: &Limits, cgroup_memory: bool) -> Vec<Rlimit> {
     );
     // No core files: they would land in the host's core_pattern handler.
     push(PosixRlimitType::RlimitCore, libc::RLIMIT_CORE, 0, 0);
+    // Queued signals and POSIX message-queue bytes are counted per host user, across
+    // every user namespace: the sandbox gets a small share, never the host user's all.
+    push(
+        PosixRlimitType::RlimitSigpending,
+        libc::RLIMIT_SIGPENDING,
+        SIGPENDING,
+        SIGPENDING,
+    );
+    push(PosixRlimitType::RlimitMsgqueue, libc::RLIMIT_MSGQUEUE, 0, 0);
     out
+}
+
+/// Signals the sandbox may have queued at once (the host's default is ~1/4 of a million
+/// per user; this is what the sandbox can take of that).
+pub const SIGPENDING: u64 = 1024;
+/// inotify instances the sandbox may hold (the host's default per user is 128).
+pub const INOTIFY_INSTANCES: u64 = 8;
+/// inotify watches the sandbox may hold (the host's default per user is 8192 or more).
+pub const INOTIFY_WATCHES: u64 = 1024;
+
+/// Sysctls (under /proc/sys) of the sandbox's IPC namespace: System V shared memory,
+/// message queues and semaphores are capped inside the memory limit (a fresh IPC
+/// namespace allows terabytes of shared memory that no rlimit sees), and segments die
+/// with their last user.
+pub fn ipc_sysctls(l: &Limits) -> Vec<(&'static str, String)> {
+    let shm = l.shm_size();
+    vec![
+        ("kernel/shmmax", shm.to_string()),
+        ("kernel/shmall", (shm / 4096).max(1).to_string()),
+        ("kernel/shmmni", "64".into()),
+        ("kernel/shm_rmid_forced", "1".into()),
+        // 16 queues of 16 KiB.
+        ("kernel/msgmni", "16".into()),
+        ("kernel/msgmnb", "16384".into()),
+        ("kernel/msgmax", "8192".into()),
+        // semmsl semmns semopm semmni
+        ("kernel/sem", "250 8000 32 64".into()),
+        ("fs/mqueue/queues_max", "0".into()),
+    ]
+}
+
+/// Sysctls (under /proc/sys) of the sandbox's outermost user namespace: per-user kernel
+/// budgets are counted in every user namespace up to the host's, against the host user
+/// who made the namespace; capping them here leaves the host user's own budget alone.
+pub fn user_sysctls() -> Vec<(&'static str, String)> {
+    vec![
+        ("user/max_inotify_instances", INOTIFY_INSTANCES.to_string()),
+        ("user/max_inotify_watches", INOTIFY_WATCHES.to_string()),
+    ]
 }
 
 /// Every cgroup directory a run with this id may have created.

@@ -96,12 +96,22 @@ fn host_err(step: &'static str, hint: &'static str) -> impl FnOnce(io::Error) ->
     move |source| RuntimeError::Host { step, source, hint }
 }
 
-/// Enters pysandbox's private namespaces. Must run single-threaded.
-pub fn enter_namespaces(mode: Mode) -> Result<(), RuntimeError> {
+/// Enters pysandbox's private namespaces (the sandbox keeps the IPC one) and caps their
+/// per-namespace kernel budgets: `ipc` always, `user` (the per-host-user ones) in the
+/// user namespace of its own that pysandbox enters when rootless. Must run
+/// single-threaded. Returns what could not be capped (older kernels), for the report.
+pub fn enter_namespaces(
+    mode: Mode,
+    ipc: &[(&str, String)],
+    user: &[(&str, String)],
+) -> Result<Vec<String>, RuntimeError> {
     match mode {
         Mode::Rootless => {
             let (uid, gid) = (sys::euid(), sys::egid());
-            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| {
+            unshare(
+                CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC,
+            )
+            .map_err(|e| {
                 host_err(
                     "creating a user namespace",
                     "unprivileged user namespaces must be enabled: sysctl user.max_user_namespaces>0 (and kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu); under `unshare -U`, add --map-root-user",
@@ -118,7 +128,7 @@ pub fn enter_namespaces(mode: Mode) -> Result<(), RuntimeError> {
             w("/proc/self/gid_map", format!("0 {gid} 1"))?;
         }
         Mode::Root { .. } => {
-            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC).map_err(|e| {
                 host_err(
                     "creating a mount namespace",
                     "run as root with CAP_SYS_ADMIN",
@@ -138,7 +148,80 @@ pub fn enter_namespaces(mode: Mode) -> Result<(), RuntimeError> {
     if mode == Mode::Rootless {
         expose_cgroup2()?;
     }
-    Ok(())
+    let mut not_capped = write_sysctls(ipc);
+    if mode == Mode::Rootless {
+        not_capped.extend(write_sysctls(user));
+    }
+    Ok(not_capped)
+}
+
+/// Writes sysctls of the current namespaces; returns one line per failure.
+fn write_sysctls(values: &[(&str, String)]) -> Vec<String> {
+    values
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = Path::new("/proc/sys").join(k);
+            sys::write_existing(&p, v.as_bytes())
+                .err()
+                .map(|e| format!("{} could not be capped at {v}: {e}", k.replace('/', ".")))
+        })
+        .collect()
+}
+
+/// Caps the per-host-user budgets of the sandbox's user namespace (real root: the one
+/// libcontainer made for the init `pid`), from a short-lived child that joins it: a
+/// process must be inside a user namespace to write its `/proc/sys/user` values. Call
+/// with the init blocked before the script starts.
+pub fn cap_user_namespace(pid: i32, user: &[(&str, String)]) -> Vec<String> {
+    let ns = match fs::File::open(format!("/proc/{pid}/ns/user")) {
+        Ok(f) => f,
+        Err(e) => return vec![format!("the sandbox's user namespace: {e}")],
+    };
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("a pipe for the sysctl helper: {e}")],
+    };
+    // SAFETY: pysandbox is single-threaded here; the child only calls setns, open, write
+    // and _exit (the formatting of failures happens in the parent).
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return vec![format!(
+            "forking the sysctl helper: {}",
+            io::Error::last_os_error()
+        )];
+    }
+    if child == 0 {
+        drop(r);
+        // SAFETY: setns on a namespace descriptor; _exit ends the child.
+        unsafe {
+            let mut failed: u8 = 0;
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                failed = u8::MAX;
+            } else {
+                for (i, (k, v)) in user.iter().enumerate() {
+                    let p = Path::new("/proc/sys").join(k);
+                    if sys::write_existing(&p, v.as_bytes()).is_err() {
+                        failed |= 1 << i.min(7);
+                    }
+                }
+            }
+            libc::write(w.as_raw_fd(), (&failed as *const u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(w);
+    let mut b = [0u8; 1];
+    let n = nix::unistd::read(r.as_raw_fd(), &mut b).unwrap_or(0);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    if n != 1 {
+        return vec!["the sysctl helper died".into()];
+    }
+    user.iter()
+        .enumerate()
+        .filter(|(i, _)| b[0] & (1 << (*i).min(7)) != 0)
+        .map(|(_, (k, v))| format!("{} could not be capped at {v}", k.replace('/', ".")))
+        .collect()
 }
 
 /// libcgroups picks its v1 manager on a v1/hybrid host, which cannot work without root.
@@ -250,9 +333,51 @@ pub fn userns_fd(ids: HostIds) -> Result<OwnedFd, RuntimeError> {
 /// What to stage and how.
 pub struct Staging<'a> {
     pub idmap: Option<&'a OwnedFd>,
+    /// The private tmpfs every staged path lies in; overlays name their layers relative
+    /// to it.
+    pub base: &'a Path,
+    /// In pysandbox's own user namespace (overlays then keep their markers in `user.`
+    /// xattrs).
+    pub rootless: bool,
 }
 
 impl Staging<'_> {
+    /// Shows host directory `src` read-only at `target` through an overlay with no upper
+    /// layer rather than a bind mount: what the script does to the files it sees there
+    /// (flock, fcntl locks, leases, FIFOs, unix sockets, inotify) acts on the overlay's
+    /// own inodes, never on the host's, so it cannot block or reach a host process; and
+    /// the sandbox's mountinfo shows `overlay` and tmpfs-relative layer names, not the
+    /// host path. If the host's file system cannot be an overlay layer, falls back to a
+    /// read-only bind mount and says so.
+    pub fn read_only_view(
+        &self,
+        src: &Path,
+        target: &Path,
+        idmapped: bool,
+    ) -> Result<Option<String>, RuntimeError> {
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let lower = target.with_file_name(format!(".{name}.lower"));
+        mkdir(&lower, 0o755)?;
+        self.dir(src, &lower, false, idmapped)?;
+        let empty = self.base.join(".empty");
+        match fs::DirBuilder::new().mode(0o555).create(&empty) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(host_err("creating a staging directory", "")(e)),
+        }
+        // Overlay needs two layers when there is no upper one: the second is empty.
+        match mount_overlay(self.base, &[&lower, &empty], None, target, self.rootless) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                self.dir(src, target, false, idmapped)?;
+                Ok(Some(format!(
+                    "{} is shared as a read-only bind mount, not an overlay ({e}): the script can take locks on its files that host processes see",
+                    src.display()
+                )))
+            }
+        }
+    }
+
     /// Mounts host directory `src` at `target` (an empty dir in the private tmpfs).
     /// The last component of `src` must not be a symlink.
     pub fn dir(
@@ -315,4 +440,57 @@ impl Staging<'_> {
         })?;
         sys::attach_mount(&mnt, target).map_err(stage)
     }
+}
+
+/// Mounts an overlay at `target` (nosuid, nodev) from layers inside `base`, named
+/// relative to it: the options the sandbox sees in /proc/self/mountinfo then hold no
+/// host path (and no caller's runtime directory). `upper` is (upperdir, workdir); with
+/// none the overlay is read-only. In a user namespace of pysandbox's own its whiteouts
+/// and opaque markers use `user.` xattrs (`userxattr`).
+pub fn mount_overlay(
+    base: &Path,
+    lowers: &[&Path],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+    rootless: bool,
+) -> io::Result<()> {
+    let rel = |p: &Path| -> io::Result<String> {
+        // A layer outside `base` (an image build's layer on disk) keeps its full path.
+        let s = p
+            .strip_prefix(base)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned();
+        // Overlay's option syntax: ',' separates options, ':' layers, '\\' escapes.
+        if s.is_empty() || s.contains([',', ':', '\\']) {
+            return Err(io::Error::other("unusable layer name"));
+        }
+        Ok(s)
+    };
+    let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect::<Result<_, _>>()?;
+    let mut opts = format!("lowerdir={}", lower.join(":"));
+    if let Some((up, work)) = upper {
+        opts.push_str(&format!(",upperdir={},workdir={}", rel(up)?, rel(work)?));
+    }
+    if rootless {
+        opts.push_str(",userxattr");
+    }
+    // Relative layer names resolve against the working directory at mount time.
+    let cwd = nix::fcntl::open(
+        ".",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: a descriptor nix just returned, owned here.
+    let cwd = unsafe { OwnedFd::from_raw_fd(cwd) };
+    nix::unistd::chdir(base)?;
+    let r = mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    );
+    nix::unistd::fchdir(cwd.as_raw_fd())?;
+    r.map_err(io::Error::from)
 }

@@ -460,7 +460,9 @@ fn launch(
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), None)
         .map_err(|e| io_err("blocking signals")(e.into()))?;
 
-    host::enter_namespaces(mode)?;
+    let user_sysctls = limits::user_sysctls();
+    let not_capped =
+        host::enter_namespaces(mode, &limits::ipc_sysctls(&policy.limits), &user_sysctls)?;
     mark("namespaces entered");
     // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
     // the caller's folders (when the caller is root), and the image's /opt/conda in an
@@ -481,17 +483,22 @@ fn launch(
     let bundle = mnt.join("bundle");
     host::mkdir(&state, 0o711)?;
     host::mkdir(&bundle, 0o711)?;
-    let stage = host::Staging { idmap: idmap_ns };
+    let stage = host::Staging {
+        idmap: idmap_ns,
+        base: mnt,
+        rootless: !mode.is_root(),
+    };
+    let mut warnings = Vec::new();
 
     let rootfs = bundle.join("rootfs");
     host::mkdir(&rootfs, 0o755)?;
-    stage.dir(&image.rootfs, &rootfs, false, false)?;
+    warnings.extend(stage.read_only_view(&image.rootfs, &rootfs, false)?);
 
     let mut binds = Vec::new();
     if let Some(src) = &inputs.src_dir {
         let t = bundle.join("src");
         host::mkdir(&t, 0o755)?;
-        stage.dir(src, &t, false, true)?;
+        warnings.extend(stage.read_only_view(src, &t, true)?);
         binds.push(Bind {
             source: t,
             dest: spec::SRC_DIR,
@@ -510,7 +517,7 @@ fn launch(
     if let Some(data) = &inputs.data {
         let t = bundle.join("data");
         host::mkdir(&t, 0o755)?;
-        stage.dir(data, &t, false, true)?;
+        warnings.extend(stage.read_only_view(data, &t, true)?);
         binds.push(Bind {
             source: t,
             dest: spec::DATA_DIR,
@@ -523,6 +530,7 @@ fn launch(
         output::stage_layer(
             &host::Staging {
                 idmap: map_ns.as_ref(),
+                ..stage
             },
             &image.rootfs.join("opt/conda"),
             layer,
@@ -554,7 +562,7 @@ fn launch(
             out,
             &t,
             &mnt.join("output"),
-            policy.limits.output_folder,
+            policy.limits.output_cap(),
             !mode.is_root(),
             upper_owner,
             new_file_owner,
@@ -616,6 +624,7 @@ fn launch(
             cgroups,
             CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
         ),
+        limit_kernel_tcp: matches!(cgroups, CgroupSupport::V1 { .. }),
         limits: policy.limits.clone(),
         rlimits: rlimits.clone(),
     })?;
@@ -673,6 +682,10 @@ fn launch(
         .ok_or_else(|| input_err("the sandbox has no init process".into()))?
         .as_raw();
     let pidfd = sys::pidfd_open(init_pid).map_err(io_err("watching the sandbox"))?;
+    let mut not_capped = not_capped;
+    if mode.is_root() {
+        not_capped.extend(host::cap_user_namespace(init_pid, &user_sysctls));
+    }
     let signals = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| io_err("receiving signals")(e.into()))?;
 
@@ -733,10 +746,38 @@ fn launch(
         merged.full,
     );
     report.warnings.extend(inputs.warnings.iter().cloned());
+    report.warnings.extend(warnings);
+    if let Some(cpus) = policy.limits.cpus
+        && !cgroups.enforces_memory()
+    {
+        report.warnings.push(format!(
+            "--cpus {cpus} is not enforced: no CPU controller is usable here (cgroups need root, or a delegated cgroup v2); --strict-limits refuses to run instead"
+        ));
+    }
+    report.warnings.extend(
+        not_capped
+            .into_iter()
+            .map(|w| format!("a kernel budget of the sandbox is not capped: {w}")),
+    );
     if report.signal == Some(libc::SIGSYS) {
         report.warnings.push(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
         );
+    }
+    if merged.dropped > 0 {
+        report.warnings.push(format!(
+            "{} output entries were not written back to {}: they would have put more than the output limit ({} bytes) on the host, or were nested deeper than {} folders",
+            merged.dropped,
+            inputs.output.as_deref().unwrap_or(Path::new("?")).display(),
+            policy.limits.output_cap(),
+            output::MAX_DEPTH
+        ));
+    }
+    if merged.escaping_links > 0 {
+        report.warnings.push(format!(
+            "{} symbolic links in the output folder point outside it and were not written back",
+            merged.escaping_links
+        ));
     }
     if merged.failed > 0 {
         report.warnings.push(format!(

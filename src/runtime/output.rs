@@ -8,12 +8,13 @@
 //! host side it never follows a symlink (every step is `*at()` on directory descriptors
 //! opened with `O_NOFOLLOW`, files land through a temporary name and `renameat`).
 
-use std::ffi::{CString, OsStr};
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
@@ -32,17 +33,41 @@ pub struct OutputOverlay {
     xattr_prefix: &'static str,
     /// Who new host files belong to (a sudo caller), when not pysandbox's own ids.
     owner: Option<HostIds>,
+    /// `--output-limit`: what the merge may put on the host.
+    limit: u64,
 }
 
 /// What the merge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Merged {
     pub files: u64,
+    /// What the merged entries take on the host file system, as it counts them (allocated
+    /// blocks, and at least [`ENTRY_COST`] per entry).
     pub bytes: u64,
     pub removed: u64,
     pub failed: u64,
-    /// The upper layer was full: the script hit `--output-limit`.
+    /// Entries left out because merging them would have put more than `--output-limit`
+    /// on the host, or they lie deeper than [`MAX_DEPTH`].
+    pub dropped: u64,
+    /// The script hit `--output-limit` (the upper layer filled up, or entries were dropped).
     pub full: bool,
+    /// Symbolic links left out because they point outside the output folder.
+    pub escaping_links: u64,
+}
+
+/// What one entry costs at least on the host, whatever its size: its inode and its name
+/// in a folder. The output tmpfs holds at most `limit / ENTRY_COST` inodes, so the script
+/// meets ENOSPC for entries at the point the merge would stop taking them.
+pub const ENTRY_COST: u64 = 4096;
+/// Entries nested deeper than this below output/ are not merged.
+pub const MAX_DEPTH: usize = 64;
+/// Hard-linked files remembered (one open descriptor each) so that their further names
+/// become links on the host too; past this, further names are copies (and charged).
+const MAX_LINKED: usize = 256;
+
+/// The output tmpfs's inode cap for `limit` bytes (see [`ENTRY_COST`]).
+pub fn inode_cap(limit: u64) -> u64 {
+    (limit / ENTRY_COST).clamp(64, 1 << 20)
 }
 
 fn stage_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
@@ -87,7 +112,7 @@ impl OutputOverlay {
             unsafe { OwnedFd::from_raw_fd(fd) }
         };
         host::mkdir(area, 0o711)?;
-        let size = format!("size={},nr_inodes=1048576,mode=0711", limit);
+        let size = format!("size={limit},nr_inodes={},mode=0711", inode_cap(limit));
         mount(
             Some("tmpfs"),
             area,
@@ -105,135 +130,259 @@ impl OutputOverlay {
                 .map_err(stage_err(&upper))?;
         }
         stage.dir(host_out, &lower, false, true)?;
-        mount_overlay(&lower, &upper, &work, target, rootless)?;
+        host::mount_overlay(
+            stage.base,
+            &[&lower],
+            Some((&upper, &work)),
+            target,
+            rootless,
+        )
+        .map_err(overlay_err)?;
         Ok(OutputOverlay {
             area: area.to_owned(),
             host,
             xattr_prefix: if rootless { "user." } else { "trusted." },
             owner: new_file_owner,
+            limit,
         })
     }
 
     /// Merges the upper layer into the host folder. Call only once the sandbox is dead.
+    ///
+    /// Bounded by `--output-limit` as the host's file system counts it: holes stay holes,
+    /// hard links stay links, and every entry is charged what it takes on the host
+    /// (measured after it is written, at least [`ENTRY_COST`]). An entry that would cross
+    /// the limit is left out whole (files land under a temporary name and are renamed
+    /// only when complete), and so is anything deeper than [`MAX_DEPTH`].
     pub fn merge(&self) -> Merged {
-        let mut m = Merged::default();
-        // SAFETY: zeroed statvfs is a valid out-buffer.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if let Ok(p) = cstr(self.area.as_os_str().as_bytes()) {
-            // SAFETY: valid C string and out-pointer.
-            if unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0 {
-                // Full in blocks or inodes (tmpfs keeps nothing in reserve).
-                m.full = st.f_bavail == 0 || st.f_favail == 0;
-            }
-        }
-        self.merge_dir(&self.area.join("upper"), self.host.as_raw_fd(), &mut m);
-        m
-    }
-
-    fn merge_dir(&self, upper: &Path, host: RawFd, m: &mut Merged) {
-        let Ok(rd) = fs::read_dir(upper) else {
-            m.failed += 1;
-            return;
+        let mut run = MergeRun {
+            overlay: self,
+            m: Merged::default(),
+            links: HashMap::new(),
+            tmp: cstr(format!(".pysandbox-merge-{}", std::process::id()).as_bytes())
+                .expect("no NUL in a number"),
         };
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let src = ent.path();
-            if let Err(_e) = self.merge_entry(&src, &name, host, m) {
-                m.failed += 1;
+        if let Ok(st) = nix::sys::statvfs::statvfs(&self.area) {
+            // Full in blocks or inodes (tmpfs keeps nothing in reserve).
+            run.m.full = st.blocks_available() == 0 || st.files_available() == 0;
+        }
+        let upper = cstr(self.area.join("upper").as_os_str().as_bytes());
+        match upper.and_then(|u| open_dir_at(libc::AT_FDCWD, &u)) {
+            Ok(upper) => run.dir(&upper, self.host.as_fd(), 0),
+            Err(_) => run.m.failed += 1,
+        }
+        if run.m.dropped > 0 {
+            run.m.full = true;
+        }
+        run.m
+    }
+}
+
+/// One merge in progress.
+struct MergeRun<'a> {
+    overlay: &'a OutputOverlay,
+    m: Merged,
+    /// Upper-layer inode -> the host file merged for it (for further hard links).
+    links: HashMap<u64, fs::File>,
+    /// The temporary name files take in their host folder until complete.
+    tmp: CString,
+}
+
+impl MergeRun<'_> {
+    fn dir(&mut self, upper: &OwnedFd, host: BorrowedFd, depth: usize) {
+        let names = match list_dir(upper) {
+            Ok(n) => n,
+            Err(_) => {
+                self.m.failed += 1;
+                return;
+            }
+        };
+        for name in names {
+            if let Err(_e) = self.entry(upper, &name, host, depth) {
+                self.m.failed += 1;
             }
         }
     }
 
-    fn merge_entry(&self, src: &Path, name: &OsStr, host: RawFd, m: &mut Merged) -> io::Result<()> {
-        let meta = fs::symlink_metadata(src)?;
-        let ft = meta.file_type();
-        let cname = cstr(name.as_bytes())?;
-        if ft.is_char_device() && meta.rdev() == 0 {
+    /// Charges `cost` bytes if they fit; otherwise counts the entry as dropped.
+    fn charge(&mut self, cost: u64) -> bool {
+        if self.m.bytes.saturating_add(cost) > self.overlay.limit {
+            self.m.dropped += 1;
+            false
+        } else {
+            self.m.bytes += cost;
+            true
+        }
+    }
+
+    fn entry(
+        &mut self,
+        upper: &OwnedFd,
+        name: &CString,
+        host: BorrowedFd,
+        depth: usize,
+    ) -> io::Result<()> {
+        let st = nix::sys::stat::fstatat(
+            Some(upper.as_raw_fd()),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        let kind = st.st_mode & libc::S_IFMT;
+        let host_raw = host.as_raw_fd();
+        if kind == libc::S_IFCHR && st.st_rdev == 0 {
             // A whiteout: the script removed this entry.
-            if remove_at(host, &cname)? {
-                m.removed += 1;
+            if remove_at(host_raw, name)? {
+                self.m.removed += 1;
             }
             return Ok(());
         }
-        if ft.is_dir() {
-            if self.is_opaque(src) {
-                remove_at(host, &cname)?; // the script replaced the folder wholesale
+        if kind == libc::S_IFDIR {
+            if depth >= MAX_DEPTH {
+                self.m.dropped += 1;
+                return Ok(());
             }
-            let mode = meta.permissions().mode() & 0o777;
-            let dir = open_or_make_dir(host, &cname, mode)?;
-            if let Some(ids) = self.owner {
-                // SAFETY: fchown on a live descriptor.
-                unsafe { libc::fchown(dir.as_raw_fd(), ids.uid, ids.gid) };
+            let src = open_dir_at(upper.as_raw_fd(), name)?;
+            if self.overlay.is_opaque(&src) {
+                remove_at(host_raw, name)?; // the script replaced the folder wholesale
             }
-            self.merge_dir(src, dir.as_raw_fd(), m);
+            let mode = safe_mode(st.st_mode, true);
+            let dir = match open_dir_at(host_raw, name) {
+                Ok(d) => d,
+                Err(_) => {
+                    if !self.charge(ENTRY_COST) {
+                        return Ok(());
+                    }
+                    open_or_make_dir(host_raw, name, mode)?
+                }
+            };
+            self.chown(&dir);
+            self.dir(&src, dir.as_fd(), depth + 1);
             // SAFETY: fchmod on a live descriptor.
             unsafe { libc::fchmod(dir.as_raw_fd(), mode) };
             return Ok(());
         }
-        let tmp = cstr(format!(".pysandbox-{}", std::process::id()).as_bytes())?;
         // SAFETY: unlinkat of our own temporary name (leftover of a failed step).
-        unsafe { libc::unlinkat(host, tmp.as_ptr(), 0) };
-        if ft.is_file() {
-            let mode = meta.permissions().mode() & 0o777;
-            // SAFETY: openat relative to a directory descriptor, never following.
-            let fd = unsafe {
-                libc::openat(
-                    host,
-                    tmp.as_ptr(),
-                    libc::O_WRONLY
-                        | libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC,
-                    mode,
-                )
+        unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+        if kind == libc::S_IFREG {
+            if st.st_nlink > 1
+                && let Some(first) = self.links.get(&st.st_ino).map(|f| f.as_raw_fd())
+            {
+                if !self.charge(ENTRY_COST) {
+                    return Ok(());
+                }
+                let from = cstr(format!("/proc/self/fd/{first}").as_bytes())?;
+                // SAFETY: linkat through /proc/self/fd (no capability needed, unlike
+                // AT_EMPTY_PATH) to a temporary name in a directory descriptor.
+                if unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        host_raw,
+                        self.tmp.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                } == 0
+                {
+                    self.replace(host_raw, name)?;
+                    self.m.files += 1;
+                    return Ok(());
+                }
+                self.m.bytes -= ENTRY_COST; // fall back to a copy, charged as one
+            }
+            // What the upper layer holds is what the host will hold (holes stay holes).
+            let estimate = (st.st_blocks as u64 * 512).max(ENTRY_COST);
+            if !self.charge(estimate) {
+                return Ok(());
+            }
+            let from = fs::File::from(open_at(
+                upper.as_raw_fd(),
+                name,
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )?);
+            let mode = safe_mode(st.st_mode, false);
+            let dst = fs::File::from(open_at(
+                host_raw,
+                &self.tmp,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                mode,
+            )?);
+            let written = copy_sparse(&from, &dst, st.st_size as u64).and_then(|()| {
+                let when = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32);
+                let _ = dst.set_modified(when);
+                self.chown(&dst);
+                // SAFETY: fchmod on a live descriptor (umask-free final mode).
+                unsafe { libc::fchmod(dst.as_raw_fd(), mode) };
+                dst.metadata()
+            });
+            let actual = match written {
+                Ok(meta) => (meta.blocks() * 512).max(ENTRY_COST),
+                Err(e) => {
+                    // SAFETY: removing our temporary name.
+                    unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+                    self.m.bytes -= estimate;
+                    return Err(e);
+                }
             };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
+            // The host may count more than the upper layer did (no holes there, say).
+            self.m.bytes -= estimate;
+            if !self.charge(actual) {
+                // SAFETY: removing our temporary name.
+                unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+                return Ok(());
             }
-            // SAFETY: fresh descriptor.
-            let mut dst = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            let mut from = fs::File::open(src)?;
-            let n = io::copy(&mut from, &mut dst)?;
-            let _ = dst.set_modified(meta.modified()?);
-            if let Some(ids) = self.owner {
-                // SAFETY: fchown on a live descriptor.
-                unsafe { libc::fchown(dst.as_raw_fd(), ids.uid, ids.gid) };
+            self.replace(host_raw, name)?;
+            self.m.files += 1;
+            if st.st_nlink > 1 && self.links.len() < MAX_LINKED {
+                self.links.insert(st.st_ino, dst);
             }
-            // SAFETY: fchmod on a live descriptor (umask-free final mode).
-            unsafe { libc::fchmod(dst.as_raw_fd(), mode) };
-            drop(dst);
-            self.replace(host, &tmp, &cname)?;
-            m.files += 1;
-            m.bytes += n;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(src)?;
-            let t = cstr(target.as_os_str().as_bytes())?;
+        } else if kind == libc::S_IFLNK {
+            if !self.charge(ENTRY_COST) {
+                return Ok(());
+            }
+            let target = nix::fcntl::readlinkat(Some(upper.as_raw_fd()), name.as_c_str())?;
+            if !stays_inside(Path::new(&target), depth) {
+                // A link out of the folder would be a trap for whatever later writes to
+                // or reads through it on the host (~/.ssh/authorized_keys...).
+                self.m.bytes -= ENTRY_COST;
+                self.m.escaping_links += 1;
+                return Ok(());
+            }
+            let t = cstr(target.as_bytes())?;
             // SAFETY: symlinkat with valid C strings relative to a directory descriptor.
-            if unsafe { libc::symlinkat(t.as_ptr(), host, tmp.as_ptr()) } != 0 {
+            if unsafe { libc::symlinkat(t.as_ptr(), host_raw, self.tmp.as_ptr()) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(ids) = self.owner {
+            if let Some(ids) = self.overlay.owner {
                 // SAFETY: fchownat without following the new link.
                 unsafe {
                     libc::fchownat(
-                        host,
-                        tmp.as_ptr(),
+                        host_raw,
+                        self.tmp.as_ptr(),
                         ids.uid,
                         ids.gid,
                         libc::AT_SYMLINK_NOFOLLOW,
                     )
                 };
             }
-            self.replace(host, &tmp, &cname)?;
-            m.files += 1;
+            self.replace(host_raw, name)?;
+            self.m.files += 1;
         }
         // FIFOs, sockets and device nodes are not results: skipped.
         Ok(())
     }
 
-    /// Moves `tmp` over `name` in `host`; a folder in the way is removed first.
-    fn replace(&self, host: RawFd, tmp: &CString, name: &CString) -> io::Result<()> {
+    fn chown(&self, f: &impl AsRawFd) {
+        if let Some(ids) = self.overlay.owner {
+            // SAFETY: fchown on a live descriptor.
+            unsafe { libc::fchown(f.as_raw_fd(), ids.uid, ids.gid) };
+        }
+    }
+
+    /// Moves the temporary name over `name` in `host`; a folder in the way is removed.
+    fn replace(&self, host: RawFd, name: &CString) -> io::Result<()> {
+        let tmp = &self.tmp;
         // SAFETY: renameat within one directory descriptor; it never follows `name`.
         let mut r = unsafe { libc::renameat(host, tmp.as_ptr(), host, name.as_ptr()) };
         if r != 0 {
@@ -255,19 +404,91 @@ impl OutputOverlay {
         }
         Ok(())
     }
+}
 
-    fn is_opaque(&self, dir: &Path) -> bool {
-        let (Ok(p), Ok(n)) = (
-            cstr(dir.as_os_str().as_bytes()),
-            cstr(format!("{}overlay.opaque", self.xattr_prefix).as_bytes()),
-        ) else {
+impl OutputOverlay {
+    fn is_opaque(&self, dir: &OwnedFd) -> bool {
+        let Ok(n) = cstr(format!("{}overlay.opaque", self.xattr_prefix).as_bytes()) else {
             return false;
         };
         let mut v = [0u8; 4];
-        // SAFETY: lgetxattr into a stack buffer of the given size.
-        let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        // SAFETY: fgetxattr into a stack buffer of the given size.
+        let r =
+            unsafe { libc::fgetxattr(dir.as_raw_fd(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         r == 1 && v[0] == b'y'
     }
+}
+
+/// Whether symlink `target`, in a folder `depth` levels below the output folder, points
+/// inside it: relative, its `..` only leading (they then climb real folders, never past
+/// the output folder; a `..` after a name could climb out of wherever a symlink of that
+/// name leads). Every merged link obeys this, so following any chain of them stays inside.
+fn stays_inside(target: &Path, depth: usize) -> bool {
+    use std::path::Component;
+    let mut up = 0;
+    let mut named = false;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => named = true,
+            Component::CurDir => {}
+            Component::ParentDir if !named => up += 1,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    up <= depth && !target.as_os_str().is_empty()
+}
+
+/// The mode a merged entry gets on the host: the script's permission bits, never set-id,
+/// sticky or writable by others than the owner, and always usable by the owner.
+fn safe_mode(mode: u32, dir: bool) -> u32 {
+    (mode & 0o755) | if dir { 0o700 } else { 0o600 }
+}
+
+/// Copies `size` bytes of `from` into the empty `to`, reading and writing only the data
+/// extents (a hole in `from` stays a hole in `to`).
+fn copy_sparse(from: &fs::File, to: &fs::File, size: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let seek = |whence: libc::c_int, at: u64| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a live descriptor.
+        let r = unsafe { libc::lseek(from.as_raw_fd(), at as libc::off_t, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(r as u64))
+    };
+    let mut buf = vec![0u8; 256 << 10];
+    let mut at = 0;
+    while at < size {
+        let Some(start) = seek(libc::SEEK_DATA, at)? else {
+            break;
+        };
+        let end = seek(libc::SEEK_HOLE, start)?.unwrap_or(size).min(size);
+        let mut pos = start;
+        while pos < end {
+            let want = ((end - pos) as usize).min(buf.len());
+            let n = from.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                break;
+            }
+            to.write_all_at(&buf[..n], pos)?;
+            pos += n as u64;
+        }
+        at = end.max(start + 1);
+    }
+    to.set_len(size)
+}
+
+/// The names in a directory (not `.` and `..`).
+fn list_dir(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    Ok(fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+        .flatten()
+        .filter_map(|e| cstr(e.file_name().as_bytes()).ok())
+        .collect())
 }
 
 /// Build mode: mounts a writable overlay at `target` whose lower layer is the image
@@ -298,39 +519,22 @@ pub fn stage_layer(
         std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid))
             .map_err(stage_err(&upper))?;
     }
-    mount_overlay(&lower, &upper, &work, target, rootless)
+    host::mount_overlay(
+        stage.base,
+        &[&lower],
+        Some((&upper, &work)),
+        target,
+        rootless,
+    )
+    .map_err(overlay_err)
 }
 
-/// Mounts an overlay at `target` (nosuid, nodev). In a user namespace of pysandbox's own
-/// its whiteouts and opaque markers use `user.` xattrs (`userxattr`).
-fn mount_overlay(
-    lower: &Path,
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-    rootless: bool,
-) -> Result<(), RuntimeError> {
-    let mut opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    if rootless {
-        opts.push_str(",userxattr");
-    }
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(opts.as_str()),
-    )
-    .map_err(|e| RuntimeError::Host {
+fn overlay_err(e: io::Error) -> RuntimeError {
+    RuntimeError::Host {
         step: "mounting an overlay",
-        source: e.into(),
+        source: e,
         hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the upper layer a file system overlayfs accepts",
-    })
+    }
 }
 
 /// Opens `name` in `dir` as a directory without following a symlink; anything else in
@@ -350,14 +554,15 @@ fn open_or_make_dir(dir: RawFd, name: &CString, mode: u32) -> io::Result<OwnedFd
     open_dir_at(dir, name)
 }
 
-/// Opens directory `name` in `dir`, never following a symlink.
-fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
-    // SAFETY: openat relative to a directory descriptor, never following.
+/// Opens `name` in `dir` with `flags` (plus `O_CLOEXEC`), never following a symlink.
+fn open_at(dir: RawFd, name: &CString, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: openat relative to a directory descriptor, with a valid C string.
     let fd = unsafe {
         libc::openat(
             dir,
             name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
         )
     };
     if fd < 0 {
@@ -367,28 +572,37 @@ fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens directory `name` in `dir`, never following a symlink.
+fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
 /// Removes `name` from `dir` (recursively for a folder, never following a symlink).
 /// Returns whether something was there.
 fn remove_at(dir: RawFd, name: &CString) -> io::Result<bool> {
-    // SAFETY: zeroed stat is a valid out-buffer; fstatat does not follow.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOENT) {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
+    remove_at_depth(dir, name, 0)
+}
+
+/// Folders nested deeper than this are not removed (an error instead of a deep recursion).
+const MAX_REMOVE_DEPTH: usize = 256;
+
+fn remove_at_depth(dir: RawFd, name: &CString, depth: usize) -> io::Result<bool> {
+    let st = match nix::sys::stat::fstatat(
+        Some(dir),
+        name.as_c_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => st,
+        Err(nix::errno::Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        if depth >= MAX_REMOVE_DEPTH {
+            return Err(io::Error::other("folder nested too deep to remove"));
+        }
         let sub = open_dir_at(dir, name)?;
-        let names: Vec<CString> = fs::read_dir(format!("/proc/self/fd/{}", sub.as_raw_fd()))?
-            .flatten()
-            .filter_map(|e| cstr(e.file_name().as_bytes()).ok())
-            .collect();
-        for n in names {
-            remove_at(sub.as_raw_fd(), &n)?;
+        for n in list_dir(&sub)? {
+            remove_at_depth(sub.as_raw_fd(), &n, depth + 1)?;
         }
         // SAFETY: unlinkat of an emptied directory.
         if unsafe { libc::unlinkat(dir, name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
@@ -401,4 +615,33 @@ fn remove_at(dir: RawFd, name: &CString) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_that_stay_inside() {
+        let inside = |t: &str, d| stays_inside(Path::new(t), d);
+        assert!(inside("a", 0));
+        assert!(inside("./a/b", 0));
+        assert!(inside("../a", 1));
+        assert!(inside("../../a/b", 2));
+        assert!(!inside("../a", 0));
+        assert!(!inside("/etc/passwd", 3));
+        assert!(!inside("a/../../b", 5)); // `..` after a name: `a` may be a link
+        assert!(!inside("s/..", 0));
+        assert!(!inside("", 0));
+    }
+
+    #[test]
+    fn modes_are_the_callers() {
+        assert_eq!(safe_mode(0o104777, false), 0o755);
+        assert_eq!(safe_mode(0o100000, false), 0o600);
+        assert_eq!(safe_mode(0o41777, true), 0o755);
+        assert_eq!(safe_mode(0o40000, true), 0o700);
+        assert_eq!(inode_cap(1 << 30), 262144);
+        assert_eq!(inode_cap(1), 64);
+    }
 }

@@ -69,6 +69,8 @@ pub struct SpecInput {
     pub cgroup_limits: bool,
     /// The cgroup can also cap swap (memory+swap = memory).
     pub limit_swap: bool,
+    /// The cgroup (v1) must be told to count TCP buffer memory.
+    pub limit_kernel_tcp: bool,
     pub limits: Limits,
     pub rlimits: Vec<Rlimit>,
 }
@@ -99,21 +101,33 @@ fn tmpfs(dest: &str, size: u64, mode: &str, extra: &[&str]) -> Result<Mount, Spe
     mount(dest, "tmpfs", "tmpfs", &opts)
 }
 
-/// Docker's masked paths, plus kallsyms and modules (kernel addresses and the host's
-/// loaded modules are nobody's business here).
+/// Docker's masked paths, plus what identifies the host or shows its other processes:
+/// kernel addresses and loaded modules; the boot command line and boot id; the locks of
+/// every host process (pids, devices, inodes); the host's disks, swap devices and RAID
+/// arrays; which host users hold keys.
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
+    "/proc/cmdline",
+    "/proc/config.gz",
+    "/proc/diskstats",
     "/proc/interrupts",
     "/proc/kallsyms",
     "/proc/kcore",
+    "/proc/key-users",
     "/proc/keys",
     "/proc/latency_stats",
+    "/proc/locks",
+    "/proc/mdstat",
     "/proc/modules",
+    "/proc/partitions",
     "/proc/sched_debug",
     "/proc/scsi",
+    "/proc/swaps",
+    "/proc/sys/kernel/random/boot_id",
     "/proc/timer_list",
     "/proc/timer_stats",
+    "/proc/vmallocinfo",
     "/sys/firmware",
 ];
 /// Docker's read-only paths.
@@ -128,9 +142,20 @@ pub const READONLY_PATHS: &[&str] = &[
 /// Builds the spec. Pure: same input, same spec.
 pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let l = &input.limits;
+    // Every tmpfs is capped in bytes and in inodes: an inode (and its dentry) is about a
+    // KiB of kernel memory that `size=` does not count, so each may have one per 4 KiB
+    // of its size. /dev belongs to the sandbox's root, which is the script's user (the
+    // nested user namespace maps it), so it is capped too.
+    let inodes = |size: u64| format!("nr_inodes={}", (size / 4096).max(64));
+    let (tmp, shm, home) = (l.tmp_size(), l.shm_size(), l.home_size());
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        tmpfs("/dev", 64 << 10, "755", &["strictatime", "noexec"])?,
+        tmpfs(
+            "/dev",
+            64 << 10,
+            "755",
+            &["strictatime", "noexec", "nr_inodes=256"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
@@ -143,15 +168,12 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
                 "mode=0620",
             ],
         )?,
-        tmpfs("/dev/shm", l.shm_size(), "1777", &["noexec"])?,
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        )?,
-        tmpfs("/tmp", l.tmp_size(), "1777", &["nr_inodes=65536"])?,
-        tmpfs(HOME_DIR, l.home_size(), "700", &["nr_inodes=16384"])?,
+        tmpfs("/dev/shm", shm, "1777", &["noexec", &inodes(shm)])?,
+        // No /dev/mqueue: the sandbox shares pysandbox's private IPC namespace (see
+        // below), which its user namespace may not mount, and POSIX message queues are
+        // refused anyway (their bytes count against the host user's RLIMIT_MSGQUEUE).
+        tmpfs("/tmp", tmp, "1777", &[&inodes(tmp)])?,
+        tmpfs(HOME_DIR, home, "700", &[&inodes(home)])?,
     ];
     for b in &input.binds {
         let src = b.source.to_string_lossy();
@@ -215,10 +237,12 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .build()
         .map_err(e)?;
 
+    // No IPC namespace of libcontainer's: the sandbox keeps the private one pysandbox
+    // entered and capped (SysV shared memory, queues and semaphore sysctls are per IPC
+    // namespace; a fresh one would allow terabytes).
     let mut ns_types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ];
@@ -269,6 +293,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         if input.limit_swap {
             // memory+swap = memory: swapping does not buy a script more memory.
             memory = memory.swap(l.memory as i64);
+        }
+        if input.limit_kernel_tcp {
+            // cgroup v1 counts TCP buffers only once this is set, and apart from
+            // memory.usage: a quarter of the memory limit (v2 counts them in memory).
+            memory = memory.kernel_tcp(l.kernel_tcp_memory() as i64);
         }
         let memory = memory.build().map_err(e)?;
         let pids = LinuxPidsBuilder::default()
@@ -334,6 +363,7 @@ mod tests {
             cgroups_path: "/pysandbox/x".into(),
             cgroup_limits: false,
             limit_swap: false,
+            limit_kernel_tcp: false,
             limits: Limits::default(),
             rlimits: vec![Rlimit {
                 kind: PosixRlimitType::RlimitNproc,
@@ -362,7 +392,6 @@ mod tests {
         for t in [
             LinuxNamespaceType::Pid,
             LinuxNamespaceType::Mount,
-            LinuxNamespaceType::Ipc,
             LinuxNamespaceType::Uts,
             LinuxNamespaceType::Cgroup,
             LinuxNamespaceType::Network,
@@ -370,6 +399,8 @@ mod tests {
             assert!(ns.contains(&t), "{t:?} missing");
         }
         assert!(!ns.contains(&LinuxNamespaceType::User));
+        // pysandbox's own, capped IPC namespace is kept.
+        assert!(!ns.contains(&LinuxNamespaceType::Ipc));
         assert!(s.root().as_ref().unwrap().readonly().unwrap());
         assert_eq!(s.hostname().as_deref(), Some(HOSTNAME));
         let p = s.process().as_ref().unwrap();
@@ -424,8 +455,15 @@ mod tests {
                 assert!(o.contains(&"nosuid".to_string()), "{:?}", m.destination());
             }
         }
-        // /tmp is capped.
-        assert!(find("/tmp").iter().any(|o| o.starts_with("size=")));
+        // Every tmpfs is capped, in bytes and in inodes.
+        for m in mounts
+            .iter()
+            .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        {
+            let o = m.options().as_ref().unwrap();
+            assert!(o.iter().any(|o| o.starts_with("size=")), "{m:?}");
+            assert!(o.iter().any(|o| o.starts_with("nr_inodes=")), "{m:?}");
+        }
         // Output comes after data, so it is mounted on top of it.
         let pos = |d: &str| {
             mounts
