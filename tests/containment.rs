@@ -252,7 +252,11 @@ each_mode!(memory_pools_outside_rlimits_are_capped, |who| {
         try:\n    os.memfd_create('x'); print('memfd True')\n\
         except OSError as e:\n    print('memfd False', e.errno)\n\
         print('sigpending', resource.getrlimit(resource.RLIMIT_SIGPENDING)[1])\n\
-        print('msgqueue', resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])\n";
+        print('msgqueue', resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])\n\
+        ptys = []\n\
+        try:\n    for _ in range(200):\n        ptys.append(os.openpty())\n\
+        except OSError:\n    pass\n\
+        print('ptys', len(ptys))\n";
     // --memory 64M: /dev/shm and SysV shared memory are capped at a quarter of it.
     let (r, dir) = json_script(who, body, &["--memory", "64M"]);
     let text = r["stdout"]["text"].as_str().unwrap().to_string();
@@ -266,6 +270,8 @@ each_mode!(memory_pools_outside_rlimits_are_capped, |who| {
     };
     assert!(get("sigpending") <= 1024);
     assert_eq!(get("msgqueue"), 0);
+    // The host's kernel.pty.max counts every devpts instance's terminals.
+    assert!(get("ptys") <= 64, "{r}");
     // The host has none of these caps.
     let o = bare(who, dir.path(), body);
     let bare_text = stdout(&o);
@@ -420,3 +426,58 @@ each_mode!(a_limit_nothing_enforces_is_never_silent, |who| {
         _ => assert!(!warned, "{r}"),
     }
 });
+
+each_mode!(output_is_merged_consistently_after_a_timeout, |who| {
+    // Killed by its timeout in the middle of writing: what landed is whole files only.
+    let (r, dir) = json_script(
+        who,
+        "import os, time\n\
+         open('output/first', 'wb').write(b'x' * 100000)\n\
+         f = open('output/growing', 'wb')\n\
+         print('written', flush=True)\n\
+         while True:\n    f.write(b'y' * 4096); time.sleep(0.001)\n",
+        &["--timeout", "1s"],
+    );
+    assert_eq!(r["status"], "timeout", "{r}");
+    let out = dir.path().join("output");
+    assert_eq!(std::fs::metadata(out.join("first")).unwrap().len(), 100000);
+    let grown = std::fs::read(out.join("growing")).unwrap();
+    assert!(grown.len() % 4096 == 0 && grown.iter().all(|&b| b == b'y'));
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        assert!(!e.file_name().to_string_lossy().starts_with(".pysandbox"));
+    }
+});
+
+/// As root on cgroup v1, TCP buffers are charged to the run's memory cgroup only once
+/// `memory.kmem.tcp.limit_in_bytes` is set: it must be.
+#[test]
+fn cgroup_v1_counts_tcp_buffers_as_root() {
+    if !available(Who::Root) {
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/memory/memory.kmem.tcp.limit_in_bytes").exists() {
+        eprintln!("SKIP: no cgroup v1 memory controller with kmem.tcp here");
+        return;
+    }
+    let dir = workdir(Who::Root);
+    let marker = unique("tcpmem");
+    let mut child = start_sleeper(Who::Root, dir.path(), &marker);
+    let pids = processes_with(&marker);
+    let cg = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok())
+        .filter_map(|c| {
+            c.lines()
+                .find_map(|l| l.split_once(":memory:").map(|x| x.1.to_string()))
+        })
+        .find(|path| path.contains("pysandbox"))
+        .expect("the sandbox's memory cgroup");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{cg}/memory.kmem.tcp.limit_in_bytes"
+    ))
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let memory = pysandbox::policy::Limits::default();
+    assert_eq!(limit.trim(), memory.kernel_tcp_memory().to_string());
+}

@@ -222,12 +222,21 @@ pub fn rlimits(l: &Limits, cgroup_memory: bool) -> Vec<Rlimit> {
         SIGPENDING,
     );
     push(PosixRlimitType::RlimitMsgqueue, libc::RLIMIT_MSGQUEUE, 0, 0);
+    // Locked System V shared memory counts against the host user's memlock budget.
+    push(
+        PosixRlimitType::RlimitMemlock,
+        libc::RLIMIT_MEMLOCK,
+        MEMLOCK,
+        MEMLOCK,
+    );
     out
 }
 
 /// Signals the sandbox may have queued at once (the host's default is ~1/4 of a million
 /// per user; this is what the sandbox can take of that).
 pub const SIGPENDING: u64 = 1024;
+/// Bytes the sandbox may lock in memory (mlock, SHM_LOCK).
+pub const MEMLOCK: u64 = 64 << 10;
 /// inotify instances the sandbox may hold (the host's default per user is 128).
 pub const INOTIFY_INSTANCES: u64 = 8;
 /// inotify watches the sandbox may hold (the host's default per user is 8192 or more).

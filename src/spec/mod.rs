@@ -166,6 +166,8 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
                 "newinstance",
                 "ptmxmode=0666",
                 "mode=0620",
+                // The host's kernel.pty.max counts every instance's terminals.
+                "max=64",
             ],
         )?,
         tmpfs("/dev/shm", shm, "1777", &["noexec", &inodes(shm)])?,
