@@ -481,3 +481,28 @@ fn cgroup_v1_counts_tcp_buffers_as_root() {
     let memory = pysandbox::policy::Limits::default();
     assert_eq!(limit.trim(), memory.kernel_tcp_memory().to_string());
 }
+
+each_mode!(renaming_an_existing_output_folder_keeps_its_files, |who| {
+    // Without overlay redirects, a renamed host folder is copied up whole, so the merge
+    // has everything it needs (with redirects the new name would land empty and the old
+    // one be removed).
+    let dir = workdir(who);
+    let old = dir.path().join("output/old");
+    std::fs::create_dir_all(&old).unwrap();
+    put(&old, "f", "kept");
+    for p in [dir.path().join("output"), old.clone(), old.join("f")] {
+        std::os::unix::fs::chown(&p, Some(host_uid(who)), Some(host_uid(who))).unwrap();
+    }
+    put(
+        dir.path(),
+        "t.py",
+        "import shutil\nshutil.move('output/old', 'output/new')\n",
+    );
+    let o = run_in(who, dir.path(), &["run", "t.py"], b"");
+    assert_code(&o, 0, "rename");
+    assert!(!old.exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("output/new/f")).unwrap(),
+        "kept"
+    );
+});

@@ -470,7 +470,14 @@ pub fn mount_overlay(
     let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect::<Result<_, _>>()?;
     let mut opts = format!("lowerdir={}", lower.join(":"));
     if let Some((up, work)) = upper {
-        opts.push_str(&format!(",upperdir={},workdir={}", rel(up)?, rel(work)?));
+        // No redirects or metadata-only copy-ups: whatever the script changes is whole
+        // in the upper layer (a renamed folder is copied up), which is what the output
+        // merge and an image build's layer read.
+        opts.push_str(&format!(
+            ",upperdir={},workdir={},redirect_dir=nofollow,metacopy=off",
+            rel(up)?,
+            rel(work)?
+        ));
     }
     if rootless {
         opts.push_str(",userxattr");

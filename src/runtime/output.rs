@@ -190,15 +190,18 @@ struct MergeRun<'a> {
 
 impl MergeRun<'_> {
     fn dir(&mut self, upper: &OwnedFd, host: BorrowedFd, depth: usize) {
-        let names = match list_dir(upper) {
-            Ok(n) => n,
-            Err(_) => {
-                self.m.failed += 1;
-                return;
-            }
+        // Streamed, not collected: the upper layer does not change during the merge, and
+        // a folder of a quarter of a million long names stays out of memory.
+        let Ok(rd) = fs::read_dir(format!("/proc/self/fd/{}", upper.as_raw_fd())) else {
+            self.m.failed += 1;
+            return;
         };
-        for name in names {
-            if let Err(_e) = self.entry(upper, &name, host, depth) {
+        for ent in rd {
+            let done = ent
+                .map_err(io::Error::from)
+                .and_then(|e| cstr(e.file_name().as_bytes()))
+                .and_then(|name| self.entry(upper, &name, host, depth));
+            if done.is_err() {
                 self.m.failed += 1;
             }
         }
