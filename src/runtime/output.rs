@@ -198,7 +198,6 @@ impl MergeRun<'_> {
         };
         for ent in rd {
             let done = ent
-                .map_err(io::Error::from)
                 .and_then(|e| cstr(e.file_name().as_bytes()))
                 .and_then(|name| self.entry(upper, &name, host, depth));
             if done.is_err() {
