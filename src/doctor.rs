@@ -38,10 +38,8 @@ fn read(p: &str) -> Option<String> {
 }
 
 fn kernel() -> Check {
-    let rel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut it = rel.split(['.', '-']).filter_map(|x| x.parse::<u32>().ok());
-    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    if v >= (5, 12) {
+    let (rel, v) = sys::kernel_release();
+    if v >= crate::runtime::MIN_KERNEL {
         check("kernel", Level::Ok, format!("Linux {rel}"), None)
     } else {
         check(

@@ -316,3 +316,13 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
         Ok((n as usize, fd))
     }
 }
+
+/// The running kernel's release string and its (major, minor).
+pub fn kernel_release() -> (String, (u32, u32)) {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut it = rel.split(['.', '-']).filter_map(|x| x.parse::<u32>().ok());
+    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (rel, v)
+}

@@ -29,6 +29,26 @@ use crate::sys;
 /// `SUDO_UID` (the sandbox never runs as host uid 0).
 pub const NOBODY: u32 = 65534;
 
+/// The oldest kernel pysandbox runs on: `mount_setattr` and id-mapped mounts (5.12),
+/// overlayfs and `open_tree` in user namespaces.
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
+
+/// Fails fast, before any image work, on a kernel that cannot run a sandbox.
+pub fn check_kernel() -> Result<(), RuntimeError> {
+    let (rel, v) = sys::kernel_release();
+    if v >= MIN_KERNEL {
+        return Ok(());
+    }
+    Err(RuntimeError::Host {
+        step: "checking the kernel",
+        source: io::Error::other(format!(
+            "Linux {rel} is older than {}.{}, which pysandbox needs (mount_setattr, id-mapped mounts)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )),
+        hint: "run pysandbox on Linux 5.12 or newer",
+    })
+}
+
 /// How this pysandbox process may isolate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -27,7 +27,7 @@ use nix::sys::signal::{SigmaskHow, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use executor::Status;
-pub use host::Mode;
+pub use host::{MIN_KERNEL, Mode};
 
 use crate::dirs;
 use crate::image::{self, ResolvedImage};
@@ -381,6 +381,7 @@ fn cstring(s: &str) -> Result<CString, RuntimeError> {
 /// Runs one sandbox to completion. See the module docs for the threading requirement.
 pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     policy.validate()?;
+    host::check_kernel()?;
     let mode = Mode::detect()?;
     mark("start");
     // Inputs first: a typo in a path fails at once, before any image is built.
