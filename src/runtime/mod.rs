@@ -536,7 +536,6 @@ fn launch(
             &image.rootfs.join("opt/conda"),
             layer,
             &t,
-            !mode.is_root(),
             match mode {
                 Mode::Root { sandbox, .. } => Some(sandbox),
                 Mode::Rootless => None,
@@ -564,7 +563,6 @@ fn launch(
             &t,
             &mnt.join("output"),
             policy.limits.output_cap(),
-            !mode.is_root(),
             upper_owner,
             new_file_owner,
         )?);

@@ -85,14 +85,12 @@ impl OutputOverlay {
     /// Mounts the overlay at `target` (an empty dir), with its tmpfs at `area`.
     /// `upper_owner`: who the sandbox is on the host, as real root (the upper layer's root
     /// must be theirs); `None` in a user namespace of pysandbox's own.
-    #[allow(clippy::too_many_arguments)]
     pub fn stage(
         stage: &Staging,
         host_out: &Path,
         target: &Path,
         area: &Path,
         limit: u64,
-        rootless: bool,
         upper_owner: Option<HostIds>,
         new_file_owner: Option<HostIds>,
     ) -> Result<OutputOverlay, RuntimeError> {
@@ -125,23 +123,12 @@ impl OutputOverlay {
         for d in [&lower, &upper, &work] {
             host::mkdir(d, 0o755)?;
         }
-        if let Some(ids) = upper_owner {
-            std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid))
-                .map_err(stage_err(&upper))?;
-        }
         stage.dir(host_out, &lower, false, true)?;
-        host::mount_overlay(
-            stage.base,
-            &[&lower],
-            Some((&upper, &work)),
-            target,
-            rootless,
-        )
-        .map_err(overlay_err)?;
+        writable_overlay(stage, &lower, &upper, &work, target, upper_owner)?;
         Ok(OutputOverlay {
             area: area.to_owned(),
             host,
-            xattr_prefix: if rootless { "user." } else { "trusted." },
+            xattr_prefix: if stage.rootless { "user." } else { "trusted." },
             owner: new_file_owner,
             limit,
         })
@@ -501,7 +488,6 @@ pub fn stage_layer(
     lower_src: &Path,
     dir: &Path,
     target: &Path,
-    rootless: bool,
     upper_owner: Option<HostIds>,
 ) -> Result<(), RuntimeError> {
     let lower = target.with_extension("lower");
@@ -517,26 +503,29 @@ pub fn stage_layer(
             Err(e) => return Err(stage_err(d)(e)),
         }
     }
-    if let Some(ids) = upper_owner {
-        std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid))
-            .map_err(stage_err(&upper))?;
-    }
-    host::mount_overlay(
-        stage.base,
-        &[&lower],
-        Some((&upper, &work)),
-        target,
-        rootless,
-    )
-    .map_err(overlay_err)
+    writable_overlay(stage, &lower, &upper, &work, target, upper_owner)
 }
 
-fn overlay_err(e: io::Error) -> RuntimeError {
-    RuntimeError::Host {
+/// Mounts a writable overlay of `lower` at `target`; as real root, the upper layer's root
+/// first becomes `upper_owner`'s (the sandbox's host ids), so the sandbox may write it.
+fn writable_overlay(
+    stage: &Staging,
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    upper_owner: Option<HostIds>,
+) -> Result<(), RuntimeError> {
+    if let Some(ids) = upper_owner {
+        std::os::unix::fs::chown(upper, Some(ids.uid), Some(ids.gid)).map_err(stage_err(upper))?;
+    }
+    host::mount_overlay(stage.base, &[lower], Some((upper, work)), target, stage.rootless).map_err(
+        |e| RuntimeError::Host {
         step: "mounting an overlay",
         source: e,
-        hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the upper layer a file system overlayfs accepts",
-    }
+            hint: "the kernel needs overlayfs (in user namespaces: Linux 5.11+), and the upper layer a file system overlayfs accepts",
+        },
+    )
 }
 
 /// Opens `name` in `dir` as a directory without following a symlink; anything else in
