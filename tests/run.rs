@@ -82,6 +82,16 @@ assert socket.gethostname() == 'sandbox'
 pids = [p for p in os.listdir('/proc') if p.isdigit()]
 assert len(pids) <= 3, pids
 assert os.getpid() < 10
+# The executor's steps ran before the script (they live in libcontainer's validate()
+# hook, so a libcontainer that stopped calling it would show here): a nested user
+# namespace mapping mambauser to the sandbox's root, locked securebits, the named init.
+assert open('/proc/self/uid_map').read().split() == ['1000', '0', '1'], open('/proc/self/uid_map').read()
+assert open('/proc/self/setgroups').read().strip() == 'deny'
+import ctypes
+PR_GET_SECUREBITS = 27
+bits = ctypes.CDLL(None).prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)
+assert bits & 0xef == 0xef, hex(bits)
+assert open('/proc/1/comm').read().strip() == 'pysandbox-init'
 print('ok')
 "#,
         &[],

@@ -134,8 +134,8 @@ impl ExecPlan {
         drop_all_capabilities()?;
         // Set after the last credential change (which clears it): when pysandbox dies,
         // so does this init, and with it the whole pid namespace.
-        // SAFETY: plain prctl.
         check(
+            // SAFETY: plain prctl.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
             "PR_SET_PDEATHSIG",
         )?;
@@ -147,31 +147,31 @@ impl ExecPlan {
     fn enter_unprivileged_userns(&self) -> Result<(), String> {
         // The uid_map of a non-dumpable process is owned by the global root: writable only
         // while dumpable. Nothing else runs in the sandbox yet.
-        // SAFETY: plain prctl calls.
         check(
+            // SAFETY: plain prctl calls.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) },
             "PR_SET_DUMPABLE",
         )?;
-        // SAFETY: unshare has no memory arguments; the process is single-threaded.
         check(
+            // SAFETY: unshare has no memory arguments; the process is single-threaded.
             unsafe { libc::unshare(libc::CLONE_NEWUSER) },
             "creating the script's user namespace",
         )?;
         write_file("/proc/self/setgroups", "deny")?;
         write_file("/proc/self/uid_map", &format!("{SANDBOX_UID} 0 1"))?;
         write_file("/proc/self/gid_map", &format!("{SANDBOX_GID} 0 1"))?;
-        // SAFETY: plain prctl.
         check(
+            // SAFETY: plain prctl.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
             "PR_SET_DUMPABLE",
         )?;
-        // SAFETY: plain credential syscalls.
         check(
+            // SAFETY: plain credential syscalls.
             unsafe { libc::setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID) },
             "setresgid",
         )?;
-        // SAFETY: as above.
         check(
+            // SAFETY: as above.
             unsafe { libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) },
             "setresuid",
         )?;
