@@ -189,3 +189,102 @@ each_mode!(image_build_from_an_environment_file, |who| {
     assert_code(&o, 125, "python mismatch");
     assert!(stderr(&o).contains("2.7"), "{}", stderr(&o));
 });
+
+/// An OCI layout of the python root file system plus a layer holding a virtual
+/// environment at /opt/venv (a package only it has) and /opt/extra (a module only
+/// PYTHONPATH reaches), named by the image config's Env the way app images do.
+fn venv_layout(layout: &Path) {
+    let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
+    let rootfs = layout.with_extension("rootfs");
+    rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
+    let ver = String::from_utf8(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let venv = layout.with_extension("venv");
+    let site = venv.join(format!("opt/venv/lib/python{}/site-packages", ver.trim()));
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::create_dir_all(venv.join("opt/venv/bin")).unwrap();
+    std::fs::create_dir_all(venv.join("opt/extra")).unwrap();
+    std::os::unix::fs::symlink(
+        rootfs_builder::IMAGE_PYTHON,
+        venv.join("opt/venv/bin/python3"),
+    )
+    .unwrap();
+    std::fs::write(
+        venv.join("opt/venv/pyvenv.cfg"),
+        "home = /opt/conda/bin\ninclude-system-site-packages = false\n",
+    )
+    .unwrap();
+    std::fs::write(site.join("venvonly.py"), "WHERE = 'venv'\n").unwrap();
+    std::fs::write(venv.join("opt/extra/extraonly.py"), "WHERE = 'extra'\n").unwrap();
+    let l = rootfs_builder::oci::Layout::create(layout).unwrap();
+    let base = l
+        .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
+        .unwrap();
+    let top = l
+        .put_layer(&venv, "", rootfs_builder::layer::Source::Tree)
+        .unwrap();
+    let settings = rootfs_builder::oci::ImageSettings {
+        env: vec![
+            "PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin".into(),
+            "VIRTUAL_ENV=/opt/venv".into(),
+            "PYTHONPATH=/opt/extra".into(),
+            "HOME=/root".into(),
+        ],
+        ..Default::default()
+    };
+    l.finish(&[base, top], &settings, "venv:1").unwrap();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    std::fs::remove_dir_all(&venv).unwrap();
+}
+
+each_mode!(image_config_env_is_honoured, |who| {
+    let dir = workdir(who);
+    let layout = dir.path().join("venv-layout");
+    venv_layout(&layout);
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status();
+    let code = "import os, sys, venvonly, extraonly\n\
+                print(sys.executable, sys.prefix, venvonly.WHERE, extraonly.WHERE)\n\
+                print(os.environ['VIRTUAL_ENV'], os.environ['HOME'], os.getcwd())";
+    let o = with_store(
+        who,
+        dir.path(),
+        &["run", "--image", layout.to_str().unwrap(), "--code", code],
+    );
+    assert_code(
+        &o,
+        0,
+        "an image whose packages are in a venv named by its config",
+    );
+    assert_eq!(
+        stdout(&o),
+        "/opt/venv/bin/python3 /opt/venv venv extra\n/opt/venv /home/mambauser /usr/app/data\n"
+    );
+    // The user's -e still wins over the image's Env.
+    let o = with_store(
+        who,
+        dir.path(),
+        &[
+            "run",
+            "--image",
+            layout.to_str().unwrap(),
+            "-e",
+            "PATH=/usr/bin",
+            "--code",
+            "import os; print(os.environ['PATH'])",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "/usr/bin\n",
+        "the user's -e wins over the image"
+    );
+});

@@ -34,6 +34,9 @@ pub struct ResolvedImage {
     pub name: String,
     /// sha256 of the image's manifest, when it has one.
     pub digest: Option<String>,
+    /// The image config's `Env`, in order (empty for a plain root file system). The run's
+    /// environment starts from it (see README: which config fields are honoured).
+    pub env: Vec<(String, String)>,
     /// A lock held while a run uses the image, so a rebuild or prune never deletes it.
     _in_use: Option<Box<dyn std::any::Any>>,
 }
@@ -100,15 +103,12 @@ fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
     }
     let root = sys::open_dir_nofollow(&fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?)
         .map_err(|e| invalid(e.to_string()))?;
-    let python = PYTHON_CANDIDATES
-        .iter()
-        .find(|c| is_executable_in(&root, c))
-        .ok_or_else(|| {
-            invalid(format!(
-                "no Python interpreter at any of {}",
-                PYTHON_CANDIDATES.join(", ")
-            ))
-        })?;
+    let python = find_python(&root, None).ok_or_else(|| {
+        invalid(format!(
+            "no Python interpreter at any of {}",
+            PYTHON_CANDIDATES.join(", ")
+        ))
+    })?;
     let missing: Vec<&str> = REQUIRED_MOUNT_POINTS
         .iter()
         .copied()
@@ -122,11 +122,41 @@ fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
     }
     Ok(ResolvedImage {
         rootfs: fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?,
-        python: python.to_string(),
+        python,
         name: p.display().to_string(),
         digest: None,
+        env: Vec::new(),
         _in_use: None,
     })
+}
+
+/// The interpreter of a root file system (`root`, opened): `python3`, then `python`,
+/// along the image's `PATH` (its config's, when it has one), then the usual places.
+fn find_python(root: &std::os::fd::OwnedFd, path_var: Option<&str>) -> Option<String> {
+    let along_path = path_var
+        .into_iter()
+        .flat_map(|p| p.split(':'))
+        .filter(|d| d.starts_with('/'));
+    let mut names = Vec::new();
+    for name in ["python3", "python"] {
+        for dir in along_path.clone() {
+            names.push(format!("{}/{name}", dir.trim_end_matches('/')));
+        }
+    }
+    names.extend(PYTHON_CANDIDATES.iter().map(|c| c.to_string()));
+    names.into_iter().find(|c| is_executable_in(root, c))
+}
+
+/// `KEY=VALUE` strings of an image config's `Env` (malformed entries skipped).
+fn config_env(config: &serde_json::Value) -> Vec<(String, String)> {
+    config["config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str()?.split_once('='))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// An image of the store, unpacked (once, cached by digest) and held while in use.
@@ -170,8 +200,21 @@ fn imported(path: &Path) -> Result<ResolvedImage, ImageError> {
 }
 
 fn from_store(store: &store::Store, name: &str, digest: &str) -> Result<ResolvedImage, ImageError> {
+    let env = config_env(&store.config(&store.manifest(digest)?)?);
     let guard = store.rootfs(digest, &store::NoProgress)?;
     let mut img = rootfs_dir(&guard.path)?;
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    if path_var.is_some()
+        && let Ok(root) = sys::open_dir_nofollow(&img.rootfs)
+        && let Some(python) = find_python(&root, path_var)
+    {
+        img.python = python;
+    }
+    img.env = env;
     img.name = name.to_string();
     img.digest = Some(digest.to_string());
     img._in_use = Some(Box::new(guard));
@@ -342,6 +385,7 @@ fn read_index(dir: &Path, python: &Path) -> Option<ResolvedImage> {
                 .ok()
                 .map(|b| sha256_digest(&b))
         }),
+        env: Vec::new(),
         _in_use: Some(Box::new(in_use)),
     })
 }

@@ -92,6 +92,28 @@ pub const BASE_ENV: &[(&str, &str)] = &[
     ("PYTHONDONTWRITEBYTECODE", "1"),
 ];
 
+/// Variables the image's config may not set: who the script is and where its home is are
+/// pysandbox's (the unprivileged sandbox user, HOME on a tmpfs).
+const FORCED_ENV: &[&str] = &["HOME", "USER", "LOGNAME"];
+
+/// The script's environment: [`BASE_ENV`], then the image config's `Env` (its PATH,
+/// PYTHONPATH, VIRTUAL_ENV, LD_LIBRARY_PATH...) except [`FORCED_ENV`], then the user's
+/// `-e`. Each later one replaces an earlier variable of the same name.
+fn environment(image: &[(String, String)], user: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let image = image
+        .iter()
+        .filter(|(k, _)| !FORCED_ENV.contains(&k.as_str()));
+    for (k, v) in image.chain(user) {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
 /// Host paths of one run, resolved in the caller's view before any namespace change.
 struct Inputs {
     /// Host folder mounted at /usr/app/src, or a staged copy (`None` = stage `script`).
@@ -598,14 +620,7 @@ fn launch(
         (_, None) => unreachable!("a script file or source always has a path"),
     }
     argv.extend(policy.args.iter().cloned());
-    let mut env: Vec<(String, String)> = BASE_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for (k, v) in &policy.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = environment(&image.env, &policy.env);
 
     let spec = spec::build(&SpecInput {
         rootfs: rootfs.clone(),
@@ -858,5 +873,37 @@ fn make_report(
         seccomp_refused: Refusal::tally(&supervised.refused),
         error,
         warnings: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn image_env_under_the_users_and_over_the_base() {
+        let image = kv(&[
+            ("PATH", "/opt/venv/bin:/usr/bin"),
+            ("VIRTUAL_ENV", "/opt/venv"),
+            ("HOME", "/root"),
+            ("USER", "root"),
+        ]);
+        let user = kv(&[("VIRTUAL_ENV", "/mine"), ("X", "1")]);
+        let env = environment(&image, &user);
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some("/opt/venv/bin:/usr/bin"));
+        assert_eq!(get("VIRTUAL_ENV"), Some("/mine"));
+        assert_eq!(get("X"), Some("1"));
+        assert_eq!(get("HOME"), Some(spec::HOME_DIR));
+        assert_eq!(get("USER"), Some("mambauser"));
+        assert_eq!(get("LANG"), Some("C.UTF-8"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
     }
 }
