@@ -68,10 +68,18 @@ pub enum RuntimeError {
 }
 
 /// Logs how long after the run started a phase ended (`--log-level pysandbox=debug`).
+/// The phase "start" starts the clock, so every run in a process is timed from its own
+/// start (a process may run many sandboxes one after another).
 fn mark(phase: &str) {
-    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let t0 = T0.get_or_init(Instant::now);
-    tracing::debug!(target: "pysandbox::timing", "{phase}: {} us", t0.elapsed().as_micros());
+    thread_local! {
+        static T0: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    if phase == "start" {
+        T0.set(Some(now));
+    }
+    let t0 = T0.get().unwrap_or(now);
+    tracing::debug!(target: "pysandbox::timing", "{phase}: {} us", (now - t0).as_micros());
 }
 
 fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
