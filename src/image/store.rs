@@ -32,7 +32,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::unpack::{self, UnpackError, UnpackOptions, UnpackStats, Unpacker};
+use super::unpack::{UnpackError, UnpackOptions, UnpackStats, Unpacker};
 use crate::{dirs, sys};
 
 /// Cap on manifests, indexes and configs read into memory.
@@ -717,7 +717,7 @@ impl Store {
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < day_ago);
             if blob_tmp || old {
-                let _ = unpack::remove_path(&ent.path());
+                let _ = sys::fs::remove_path(&ent.path());
             }
         }
         let rootfs = self.root.join("rootfs");
@@ -725,7 +725,7 @@ impl Store {
             let name = ent.file_name().to_string_lossy().into_owned();
             let p = ent.path();
             if name.starts_with(".trash-") {
-                let _ = unpack::remove_path(&p);
+                let _ = sys::fs::remove_path(&p);
                 continue;
             }
             let lock_path = p.join(".lock");
@@ -744,7 +744,7 @@ impl Store {
             let trash = rootfs.join(sys::random_id(".trash-").map_err(io_err(&rootfs))?);
             fs::rename(&p, &trash).map_err(io_err(&p))?;
             drop(lock);
-            unpack::remove_path(&trash).map_err(io_err(&trash))?;
+            sys::fs::remove_path(&trash).map_err(io_err(&trash))?;
             stats.rootfs_removed += 1;
         }
         Ok(stats)
@@ -785,7 +785,7 @@ impl Store {
                 let stats = match self.unpack_to(manifest_digest, &tmp, progress) {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = unpack::remove_path(&tmp);
+                        let _ = sys::fs::remove_path(&tmp);
                         return Err(e);
                     }
                 };
@@ -795,7 +795,7 @@ impl Store {
                 // pysandbox mounts the root file system read-only: its mount points must
                 // exist before any run sees it.
                 if let Err(e) = crate::image::add_mount_points(&tmp) {
-                    let _ = unpack::remove_path(&tmp);
+                    let _ = sys::fs::remove_path(&tmp);
                     return Err(io_err(&tmp)(e));
                 }
                 fs::rename(&tmp, &tree).map_err(io_err(&tree))?;
@@ -1311,7 +1311,7 @@ fn clean_tmp_dirs(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for ent in rd.flatten() {
         if ent.file_name().to_string_lossy().starts_with(".tmp-") {
-            let _ = unpack::remove_path(&ent.path());
+            let _ = sys::fs::remove_path(&ent.path());
         }
     }
 }

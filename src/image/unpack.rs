@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +36,11 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use super::store::Progress;
+use crate::sys::fs::{
+    RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, create_file, cvt, fchmod, fchmodat, fstatat, linkat,
+    list_dir, mkdirat, mkfifoat, open_dir_at, open_path_dir, openat2, remove_tree, symlinkat,
+    unlinkat,
+};
 
 /// Longest path (after PAX/GNU long names) an entry may have.
 const MAX_PATH_BYTES: usize = 4096;
@@ -46,7 +51,6 @@ const MAX_EXT_HEADER: u64 = 1 << 20;
 /// Copy buffer and decompressed chunk size.
 const CHUNK: usize = 1 << 20;
 /// Deepest directory tree `remove_tree` walks (one descriptor per level).
-const MAX_REMOVE_DEPTH: usize = 1024;
 /// At most this many skip notes are kept in the stats (all are counted).
 const MAX_NOTES: usize = 100;
 
@@ -761,7 +765,9 @@ impl Unpacker {
             libc::S_IFDIR => {
                 // Cached descriptors may point inside what goes away.
                 self.stack.clear();
-                remove_tree(dir, name).map_err(|e| self.io(raw, "remove existing directory", e))
+                remove_tree(dir, name)
+                    .map(|_| ())
+                    .map_err(|e| self.io(raw, "remove existing directory", e))
             }
             fmt => {
                 if fmt == libc::S_IFLNK {
@@ -1055,7 +1061,7 @@ impl Unpacker {
         let cname = cstring(target).map_err(|why| self.refuse(raw, why))?;
         self.stack.clear();
         match remove_tree(dfd.as_fd(), &cname) {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) => Err(self.io(raw, "apply whiteout", e)),
         }
     }
@@ -1520,160 +1526,6 @@ impl<R: Read> Read for CapReader<R> {
     }
 }
 
-// ---- system calls, all relative to a directory descriptor ----
-
-const RESOLVE_BENEATH: u64 = 0x08;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass a descriptor the kernel just returned, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Opens a directory (not a symlink to one) for `*at` calls.
-pub(crate) fn open_path_dir(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: valid C string; the descriptor is owned below.
-    let fd = cvt(unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    Ok(owned(fd))
-}
-
-fn open_dir_at(dir: BorrowedFd, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: `dir` is a live descriptor, `name` a valid C string.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    Ok(owned(fd))
-}
-
-fn openat2(dir: BorrowedFd, path: &CStr, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve,
-    };
-    // SAFETY: `how` is a valid `struct open_how` and `path` a valid C string for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(owned(r as RawFd))
-}
-
-fn create_file(dir: BorrowedFd, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: live descriptor, valid C string; O_EXCL|O_NOFOLLOW never opens an existing
-    // file or follows a symlink.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600 as libc::c_uint,
-        )
-    })?;
-    Ok(owned(fd))
-}
-
-fn mkdirat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: live descriptor, valid C string.
-    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
-    Ok(())
-}
-
-fn mkfifoat(dir: BorrowedFd, name: &CStr) -> io::Result<()> {
-    // SAFETY: live descriptor, valid C string.
-    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFIFO | 0o600, 0) })?;
-    Ok(())
-}
-
-fn symlinkat(target: &CStr, dir: BorrowedFd, name: &CStr) -> io::Result<()> {
-    // SAFETY: live descriptor, valid C strings.
-    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
-    Ok(())
-}
-
-fn linkat(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr) -> io::Result<()> {
-    // SAFETY: live descriptors, valid C strings; flags 0: a symlink target is linked
-    // itself, never followed.
-    cvt(unsafe {
-        libc::linkat(
-            odir.as_raw_fd(),
-            oname.as_ptr(),
-            ndir.as_raw_fd(),
-            nname.as_ptr(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
-fn unlinkat(dir: BorrowedFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: live descriptor, valid C string.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
-    Ok(())
-}
-
-fn fstatat(dir: BorrowedFd, name: &CStr) -> io::Result<libc::stat> {
-    // SAFETY: zeroed stat is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: live descriptor, valid C string, valid out-pointer.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
-    // SAFETY: live descriptor.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
-    Ok(())
-}
-
-fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: live descriptor, valid C string.
-    cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, 0) })?;
-    Ok(())
-}
-
 /// Sets atime and mtime to `t`: of `fd` itself, or of `name` in directory `fd` (never
 /// following a symlink).
 fn set_times(fd: BorrowedFd, name: Option<&CStr>, t: Time) -> io::Result<()> {
@@ -1696,140 +1548,6 @@ fn set_times(fd: BorrowedFd, name: Option<&CStr>, t: Time) -> io::Result<()> {
         })?,
     };
     Ok(())
-}
-
-/// Names in a directory (without `.` and `..`), with their `d_type`.
-fn list_dir(dir: BorrowedFd) -> io::Result<Vec<(CString, u8)>> {
-    // A private descriptor: fdopendir takes ownership and closedir closes it.
-    let dup = dir.try_clone_to_owned()?;
-    // SAFETY: `dup` is a live directory descriptor we own; on success fdopendir owns it.
-    let d = unsafe { libc::fdopendir(dup.as_raw_fd()) };
-    if d.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dup);
-    // SAFETY: `d` is a valid DIR*; rewinding reads the directory from its start even if
-    // the descriptor's offset moved.
-    unsafe { libc::rewinddir(d) };
-    let mut out = Vec::new();
-    let res = loop {
-        // SAFETY: errno is thread-local; cleared so that a NULL return can be told apart.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `d` is a valid DIR*; the entry is read before the next readdir call.
-        let ent = unsafe { libc::readdir64(d) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break if e.raw_os_error() == Some(0) {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        // SAFETY: `ent` points to a valid dirent64 whose d_name is NUL-terminated.
-        let (name, ty) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
-        let b = name.to_bytes();
-        if b != b"." && b != b".." {
-            out.push((name.to_owned(), ty));
-        }
-    };
-    // SAFETY: `d` is valid and closed exactly once.
-    unsafe { libc::closedir(d) };
-    res.map(|()| out)
-}
-
-/// Removes `name` in `dir`: unlinks a non-directory, empties and removes a directory
-/// (never following symlinks; one descriptor per level). Missing is fine.
-pub(crate) fn remove_tree(dir: BorrowedFd, name: &CStr) -> io::Result<()> {
-    match unlinkat(dir, name, 0) {
-        Ok(()) => return Ok(()),
-        Err(e) => match e.raw_os_error() {
-            Some(libc::ENOENT) => return Ok(()),
-            Some(libc::EISDIR) | Some(libc::EPERM) => {}
-            _ => return Err(e),
-        },
-    }
-    struct Level {
-        fd: OwnedFd,
-        name: CString,
-        children: Vec<(CString, u8)>,
-    }
-    let first = open_dir_at(dir, name)?;
-    let children = list_dir(first.as_fd())?;
-    let mut stack = vec![Level {
-        fd: first,
-        name: name.to_owned(),
-        children,
-    }];
-    while let Some(top) = stack.last_mut() {
-        if let Some((child, ty)) = top.children.pop() {
-            if ty != libc::DT_DIR {
-                match unlinkat(top.fd.as_fd(), &child, 0) {
-                    Ok(()) => continue,
-                    Err(e) => match e.raw_os_error() {
-                        Some(libc::ENOENT) => continue,
-                        // d_type was unknown or stale: a directory after all.
-                        Some(libc::EISDIR) | Some(libc::EPERM) => {}
-                        _ => return Err(e),
-                    },
-                }
-            }
-            if stack.len() >= MAX_REMOVE_DEPTH {
-                return Err(io::Error::other("directory tree too deep to remove"));
-            }
-            let fd = open_dir_at(stack[stack.len() - 1].fd.as_fd(), &child)?;
-            // A directory without write or search permission for us (not made by the
-            // unpacker, which always keeps u+rwx): grant it before emptying it.
-            if let Ok(st) = fstat(fd.as_fd())
-                && st.st_mode & 0o700 != 0o700
-            {
-                let _ = fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700);
-            }
-            let children = list_dir(fd.as_fd())?;
-            stack.push(Level {
-                fd,
-                name: child,
-                children,
-            });
-        } else {
-            let done = stack.pop().map(|l| l.name);
-            if let Some(n) = done {
-                let parent = match stack.last() {
-                    Some(l) => l.fd.as_fd(),
-                    None => dir,
-                };
-                match unlinkat(parent, &n, libc::AT_REMOVEDIR) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn fstat(fd: BorrowedFd) -> io::Result<libc::stat> {
-    // SAFETY: zeroed stat is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: live descriptor, valid out-pointer.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
-}
-
-/// Removes a directory tree by path (the last component is never followed).
-pub(crate) fn remove_path(path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let Some(name) = path.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cannot remove a root",
-        ));
-    };
-    let dir = open_path_dir(parent)?;
-    let name = CString::new(name.as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    remove_tree(dir.as_fd(), &name)
 }
 
 /// `(path, linkpath)` of a PAX header.

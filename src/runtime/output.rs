@@ -9,7 +9,7 @@
 //! opened with `O_NOFOLLOW`, files land through a temporary name and `renameat`).
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -22,6 +22,10 @@ use nix::mount::{MsFlags, mount};
 use super::RuntimeError;
 use super::host::{self, Staging};
 use crate::spec::HostIds;
+use crate::sys::{
+    self,
+    fs::{open_at, open_dir_at, remove_tree},
+};
 
 /// A staged, capped output folder.
 pub struct OutputOverlay {
@@ -154,7 +158,8 @@ impl OutputOverlay {
             run.m.full = st.blocks_available() == 0 || st.files_available() == 0;
         }
         let upper = cstr(self.area.join("upper").as_os_str().as_bytes());
-        match upper.and_then(|u| open_dir_at(libc::AT_FDCWD, &u)) {
+        match upper.and_then(|u| sys::fs::open_path_dir(Path::new(OsStr::from_bytes(u.as_bytes()))))
+        {
             Ok(upper) => run.dir(&upper, self.host.as_fd(), 0),
             Err(_) => run.m.failed += 1,
         }
@@ -220,7 +225,7 @@ impl MergeRun<'_> {
         let host_raw = host.as_raw_fd();
         if kind == libc::S_IFCHR && st.st_rdev == 0 {
             // A whiteout: the script removed this entry.
-            if remove_at(host_raw, name)? {
+            if remove_tree(host, name)? {
                 self.m.removed += 1;
             }
             return Ok(());
@@ -230,18 +235,18 @@ impl MergeRun<'_> {
                 self.m.dropped += 1;
                 return Ok(());
             }
-            let src = open_dir_at(upper.as_raw_fd(), name)?;
+            let src = open_dir_at(upper.as_fd(), name)?;
             if self.overlay.is_opaque(&src) {
-                remove_at(host_raw, name)?; // the script replaced the folder wholesale
+                remove_tree(host, name)?; // the script replaced the folder wholesale
             }
             let mode = safe_mode(st.st_mode, true);
-            let dir = match open_dir_at(host_raw, name) {
+            let dir = match open_dir_at(host, name) {
                 Ok(d) => d,
                 Err(_) => {
                     if !self.charge(ENTRY_COST) {
                         return Ok(());
                     }
-                    open_or_make_dir(host_raw, name, mode)?
+                    open_or_make_dir(host, name, mode)?
                 }
             };
             self.chown(&dir);
@@ -250,8 +255,8 @@ impl MergeRun<'_> {
             unsafe { libc::fchmod(dir.as_raw_fd(), mode) };
             return Ok(());
         }
-        // SAFETY: unlinkat of our own temporary name (leftover of a failed step).
-        unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+        // unlinkat of our own temporary name (leftover of a failed step).
+        let _ = sys::fs::unlinkat(host, &self.tmp, 0);
         if kind == libc::S_IFREG {
             if st.st_nlink > 1
                 && let Some(first) = self.links.get(&st.st_ino).map(|f| f.as_raw_fd())
@@ -284,14 +289,14 @@ impl MergeRun<'_> {
                 return Ok(());
             }
             let from = fs::File::from(open_at(
-                upper.as_raw_fd(),
+                upper.as_fd(),
                 name,
                 libc::O_RDONLY | libc::O_NOFOLLOW,
                 0,
             )?);
             let mode = safe_mode(st.st_mode, false);
             let dst = fs::File::from(open_at(
-                host_raw,
+                host,
                 &self.tmp,
                 libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                 mode,
@@ -308,8 +313,8 @@ impl MergeRun<'_> {
             let actual = match written {
                 Ok(meta) => (meta.blocks() * 512).max(ENTRY_COST),
                 Err(e) => {
-                    // SAFETY: removing our temporary name.
-                    unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+                    // removing our temporary name.
+                    let _ = sys::fs::unlinkat(host, &self.tmp, 0);
                     self.m.bytes -= estimate;
                     return Err(e);
                 }
@@ -317,8 +322,8 @@ impl MergeRun<'_> {
             // The host may count more than the upper layer did (no holes there, say).
             self.m.bytes -= estimate;
             if !self.charge(actual) {
-                // SAFETY: removing our temporary name.
-                unsafe { libc::unlinkat(host_raw, self.tmp.as_ptr(), 0) };
+                // removing our temporary name.
+                let _ = sys::fs::unlinkat(host, &self.tmp, 0);
                 return Ok(());
             }
             self.replace(host_raw, name)?;
@@ -339,10 +344,7 @@ impl MergeRun<'_> {
                 return Ok(());
             }
             let t = cstr(target.as_bytes())?;
-            // SAFETY: symlinkat with valid C strings relative to a directory descriptor.
-            if unsafe { libc::symlinkat(t.as_ptr(), host_raw, self.tmp.as_ptr()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            sys::fs::symlinkat(&t, host, &self.tmp)?;
             if let Some(ids) = self.overlay.owner {
                 // SAFETY: fchownat without following the new link.
                 unsafe {
@@ -380,7 +382,8 @@ impl MergeRun<'_> {
                 e.raw_os_error(),
                 Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
             ) {
-                remove_at(host, name)?;
+                // SAFETY: `host` is a live directory descriptor of ours.
+                remove_tree(unsafe { BorrowedFd::borrow_raw(host) }, name)?;
                 // SAFETY: as above.
                 r = unsafe { libc::renameat(host, tmp.as_ptr(), host, name.as_ptr()) };
             }
@@ -472,14 +475,6 @@ fn copy_sparse(from: &fs::File, to: &fs::File, size: u64) -> io::Result<()> {
     to.set_len(size)
 }
 
-/// The names in a directory (not `.` and `..`).
-fn list_dir(dir: &OwnedFd) -> io::Result<Vec<CString>> {
-    Ok(fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
-        .flatten()
-        .filter_map(|e| cstr(e.file_name().as_bytes()).ok())
-        .collect())
-}
-
 /// Build mode: mounts a writable overlay at `target` whose lower layer is the image
 /// directory `lower_src` (read-only) and whose upper layer is `dir/upper` on disk (the
 /// image build turns it into a layer).
@@ -530,82 +525,16 @@ fn writable_overlay(
 
 /// Opens `name` in `dir` as a directory without following a symlink; anything else in
 /// the way (file, symlink) is removed and a directory made.
-fn open_or_make_dir(dir: RawFd, name: &CString, mode: u32) -> io::Result<OwnedFd> {
+fn open_or_make_dir(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<OwnedFd> {
     match open_dir_at(dir, name) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(_) => {
-            remove_at(dir, name)?;
+            remove_tree(dir, name)?;
         }
     }
-    // SAFETY: mkdirat relative to a directory descriptor.
-    if unsafe { libc::mkdirat(dir, name.as_ptr(), mode) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::fs::mkdirat(dir, name, mode)?;
     open_dir_at(dir, name)
-}
-
-/// Opens `name` in `dir` with `flags` (plus `O_CLOEXEC`), never following a symlink.
-fn open_at(dir: RawFd, name: &CString, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: openat relative to a directory descriptor, with a valid C string.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Opens directory `name` in `dir`, never following a symlink.
-fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
-    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-}
-
-/// Removes `name` from `dir` (recursively for a folder, never following a symlink).
-/// Returns whether something was there.
-fn remove_at(dir: RawFd, name: &CString) -> io::Result<bool> {
-    remove_at_depth(dir, name, 0)
-}
-
-/// Folders nested deeper than this are not removed (an error instead of a deep recursion).
-const MAX_REMOVE_DEPTH: usize = 256;
-
-fn remove_at_depth(dir: RawFd, name: &CString, depth: usize) -> io::Result<bool> {
-    let st = match nix::sys::stat::fstatat(
-        Some(dir),
-        name.as_c_str(),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(st) => st,
-        Err(nix::errno::Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        if depth >= MAX_REMOVE_DEPTH {
-            return Err(io::Error::other("folder nested too deep to remove"));
-        }
-        let sub = open_dir_at(dir, name)?;
-        for n in list_dir(&sub)? {
-            remove_at_depth(sub.as_raw_fd(), &n, depth + 1)?;
-        }
-        // SAFETY: unlinkat of an emptied directory.
-        if unsafe { libc::unlinkat(dir, name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    } else {
-        // SAFETY: unlinkat of a non-directory.
-        if unsafe { libc::unlinkat(dir, name.as_ptr(), 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

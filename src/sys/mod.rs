@@ -3,6 +3,8 @@
 //! read kernel state. Each wrapper turns `-1/errno` into `io::Error`; nothing here holds
 //! policy.
 
+pub mod fs;
+
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
