@@ -374,7 +374,7 @@ fn read_index(dir: &Path, python: &Path) -> Option<ResolvedImage> {
         return None;
     }
     let build = dir.join(&idx.build);
-    let in_use = lock_file(&build.join(".in-use"), libc::LOCK_SH).ok()?;
+    let in_use = sys::lock::lock_file(&build.join(".in-use"), libc::LOCK_SH).ok()?;
     Some(ResolvedImage {
         rootfs: build.join("rootfs"),
         python: rootfs_builder::IMAGE_PYTHON.to_string(),
@@ -396,20 +396,6 @@ fn sha256_digest(data: &[u8]) -> String {
     let h = sha2::Sha256::digest(data);
     let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
-}
-
-/// Opens (creating) `path` and takes a flock on it.
-fn lock_file(path: &Path, how: libc::c_int) -> io::Result<fs::File> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    // SAFETY: flock on a live descriptor; released when the file is dropped.
-    if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(f)
 }
 
 /// One line on the default image for `pysandbox doctor` (never builds it).
@@ -435,7 +421,7 @@ fn default_image() -> Result<ResolvedImage, ImageError> {
     fs::create_dir_all(&dir).map_err(cache_err(&dir))?;
     // Slow path: one builder at a time per user; the others wait and reuse its result.
     let lock_path = dir.join(".lock");
-    let _lock = lock_file(&lock_path, libc::LOCK_EX).map_err(cache_err(&lock_path))?;
+    let _lock = sys::lock::lock_file(&lock_path, libc::LOCK_EX).map_err(cache_err(&lock_path))?;
     if let Some(img) = read_index(&dir, &python) {
         return Ok(img);
     }
@@ -518,7 +504,7 @@ fn remove_old_builds(dir: &Path, current: &str) {
         let p = ent.path();
         let stale_tmp = name.starts_with(".tmp-");
         let unused_build = name.starts_with("py")
-            && lock_file(&p.join(".in-use"), libc::LOCK_EX | libc::LOCK_NB).is_ok();
+            && sys::lock::lock_file(&p.join(".in-use"), libc::LOCK_EX | libc::LOCK_NB).is_ok();
         if stale_tmp || unused_build {
             let _ = fs::remove_dir_all(&p);
         }

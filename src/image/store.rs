@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -729,7 +728,7 @@ impl Store {
                 continue;
             }
             let lock_path = p.join(".lock");
-            let Ok(lock) = try_lock(&lock_path, libc::LOCK_EX | libc::LOCK_NB) else {
+            let Ok(lock) = sys::lock::lock_file(&lock_path, libc::LOCK_EX | libc::LOCK_NB) else {
                 if !keep.contains(&name) {
                     stats.rootfs_in_use += 1;
                 }
@@ -773,7 +772,7 @@ impl Store {
                     _lock: lock,
                 });
             }
-            flock(&lock, libc::LOCK_UN).map_err(io_err(&lock_path))?;
+            sys::lock::flock(&lock, libc::LOCK_UN).map_err(io_err(&lock_path))?;
             drop(lock);
             let Some(lock) = lock_here(&lock_path, libc::LOCK_EX)? else {
                 continue;
@@ -801,7 +800,7 @@ impl Store {
                 fs::rename(&tmp, &tree).map_err(io_err(&tree))?;
             }
             // Downgrade. Not atomic: prune may take the tree in between; then start over.
-            flock(&lock, libc::LOCK_SH).map_err(io_err(&lock_path))?;
+            sys::lock::flock(&lock, libc::LOCK_SH).map_err(io_err(&lock_path))?;
             if tree.is_dir() && same_file(&lock, &lock_path) {
                 return Ok(RootfsGuard {
                     path: tree,
@@ -912,7 +911,7 @@ impl Store {
     /// Takes a flock on a store-wide lock file.
     pub(crate) fn lock(&self, name: &str, how: libc::c_int) -> Result<File, StoreError> {
         let p = self.root.join(name);
-        try_lock(&p, how).map_err(io_err(&p))
+        sys::lock::lock_file(&p, how).map_err(io_err(&p))
     }
 
     fn load_index(&self) -> Result<Vec<Descriptor>, StoreError> {
@@ -1263,35 +1262,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     res.map_err(io_err(path))
 }
 
-fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a live descriptor; released when the file is closed.
-        if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Opens (creating) a lock file and flocks it.
-fn try_lock(path: &Path, how: libc::c_int) -> io::Result<File> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    flock(&f, how)?;
-    Ok(f)
-}
-
 /// Locks `path`, or `None` when the file was removed or replaced meanwhile (prune renamed
 /// its directory away): the caller starts over.
 fn lock_here(path: &Path, how: libc::c_int) -> Result<Option<File>, StoreError> {
-    let f = match try_lock(path, how) {
+    let f = match sys::lock::lock_file(path, how) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),

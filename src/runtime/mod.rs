@@ -368,8 +368,7 @@ fn sweep(locks: &Path) {
         let Ok(f) = fs::OpenOptions::new().write(true).open(ent.path()) else {
             continue;
         };
-        // SAFETY: flock on a live descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if sys::lock::flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             continue; // its pysandbox is alive
         }
         if limits::remove_stale_cgroups(id).is_empty() {
@@ -388,12 +387,7 @@ fn take_lock(locks: &Path, id: &str) -> Result<fs::File, RuntimeError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err("creating the run's lock file"))?;
-    // SAFETY: flock on a live descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_err("locking the run's lock file")(
-            io::Error::last_os_error(),
-        ));
-    }
+    sys::lock::flock(&f, libc::LOCK_EX).map_err(io_err("locking the run's lock file"))?;
     fs::rename(&tmp, locks.join(format!("{id}.lock")))
         .map_err(io_err("creating the run's lock file"))?;
     Ok(f)

@@ -4,6 +4,7 @@
 //! policy.
 
 pub mod fs;
+pub mod lock;
 
 use std::ffi::CString;
 use std::io;
