@@ -267,7 +267,7 @@ pub fn run_checks() -> Vec<Check> {
         p.capture = true;
         p.stdin = crate::policy::StdinSource::Null;
         let t = std::time::Instant::now();
-        out.push(match crate::run(&p) {
+        out.push(match crate::run_in_this_process(&p) {
             Ok(r) if r.stdout.text == "ok\n" => check(
                 "sandbox",
                 Level::Ok,

@@ -4,13 +4,15 @@
 //! Data flows one way: policy (what the user asked) → image (a root file system) + spec
 //! (the OCI description) → runtime (the only part that talks to libcontainer) → report.
 //!
+//! The library entry is [`Sandbox`]: each run is a helper process, so the caller's
+//! namespaces, signals and threads are never touched.
+//!
 //! ```no_run
-//! use pysandbox::policy::{RunPolicy, Script};
-//! let mut p = RunPolicy::new(Script::Code("print(6 * 7)".into()));
-//! p.no_fs = true;
-//! let report = pysandbox::run(&p)?; // must be called from a single-threaded process
-//! assert_eq!(report.cli_exit_code(), 0);
-//! # Ok::<(), pysandbox::Error>(())
+//! use pysandbox::{RunRequest, Sandbox};
+//! let sandbox = Sandbox::new()?;
+//! let report = sandbox.run(&RunRequest::code("print(6 * 7)"))?;
+//! assert_eq!(report.stdout.text, "42\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod dirs;
@@ -30,13 +32,13 @@ pub use error::Error;
 pub use report::RunReport;
 pub use sandbox::{RunRequest, Sandbox};
 
-/// Runs one script in a fresh sandbox and reports how it ended. The script's stdout and
-/// stderr go to this process's stdout and stderr.
-///
-/// Must be called from a single-threaded process (libcontainer forks with raw `clone3`;
-/// pysandbox enters a user namespace of its own, which the kernel allows only to a
-/// single-threaded process) and it changes this process's namespaces: call it once per
-/// process, e.g. from a CLI or a per-run helper process.
-pub fn run(policy: &policy::RunPolicy) -> Result<RunReport, Error> {
+/// Runs one script in a fresh sandbox in THIS process and reports how it ended; the
+/// script's stdout and stderr go to this process's. For the `pysandbox` binary (and its
+/// helper processes) only: it must be called from a single-threaded process (libcontainer
+/// forks with raw `clone3`; pysandbox enters a user namespace of its own, which the
+/// kernel allows only to a single-threaded process), and it leaves this process in other
+/// namespaces with signals blocked. Libraries use [`Sandbox`].
+#[doc(hidden)]
+pub fn run_in_this_process(policy: &policy::RunPolicy) -> Result<RunReport, Error> {
     runtime::run(policy)
 }

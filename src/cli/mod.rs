@@ -215,7 +215,7 @@ fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let json = a.json;
     let policy = build_policy(a)?;
-    let report = match pysandbox::run(&policy) {
+    let report = match pysandbox::run_in_this_process(&policy) {
         Ok(r) => r,
         Err(e) if json => {
             // Even a failure to start is one JSON report, with status sandbox_error.
