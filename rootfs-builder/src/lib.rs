@@ -10,7 +10,7 @@
 //!   at the host paths (with the host's symlinks) when they live in the
 //!   loader's default directories, otherwise copied into libc's directory.
 //! - Minimal `/etc` (passwd, group, hosts, nsswitch.conf, hostname, empty
-//!   resolv.conf), the CA bundle, and empty mount-point directories.
+//!   resolv.conf, services and protocols), the CA bundle, and empty mount-point directories.
 //!
 //! Nothing else: no shell, no coreutils, no pip. Files are owned by the
 //! builder, world-readable, 0o644 or 0o755 (never setuid/setgid). Symlinks
@@ -38,13 +38,14 @@ use serde::{Deserialize, Serialize};
 
 pub use error::BuildError;
 pub use probe::{HostPython, probe_python};
+pub use skeleton::{BUILTIN_PROTOCOLS, BUILTIN_SERVICES, NETBASE_FILES, netbase_file};
 
 use error::io_err;
 use fsops::Image;
 
 /// Bumped whenever the image layout or content rules change (part of the
 /// image cache key).
-pub const BUILDER_VERSION: u32 = 3;
+pub const BUILDER_VERSION: u32 = 4;
 
 /// The interpreter's path inside the image.
 pub const IMAGE_PYTHON: &str = "/opt/conda/bin/python";
