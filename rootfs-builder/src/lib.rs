@@ -5,7 +5,9 @@
 //! - `/opt/conda/bin/python3.X` (the real interpreter) with `python3` and
 //!   `python` symlinks; `/opt/conda/lib/python3.X` is the host stdlib minus
 //!   tests, GUI modules, `ensurepip` and site-packages, with a valid level-0
-//!   `.pyc` for every source, so `sys.prefix` is `/opt/conda`.
+//!   `.pyc` for every source, so `sys.prefix` is `/opt/conda`; sysconfig's
+//!   `Makefile`, `pyconfig.h` and `_sysconfigdata` with their paths moved there,
+//!   and links from the host's configure-time prefix (see `relocate`).
 //! - The shared-library closure of the interpreter and its extension modules,
 //!   at the host paths (with the host's symlinks) when they live in the
 //!   loader's default directories, otherwise copied into libc's directory.
@@ -26,6 +28,7 @@ mod ldd;
 mod libs;
 pub mod oci;
 mod probe;
+mod relocate;
 mod skeleton;
 mod stdlib;
 
@@ -125,13 +128,19 @@ pub fn build_rootfs(host: &HostPython, dest: &Path) -> Result<RootfsManifest, Bu
     let pending = ldd::spawn(&ldd_inputs)?;
     let copied = plan.copy();
     let closure = pending.wait()?;
-    let copied = copied?;
+    let mut copied = copied?;
     let loader = elf::interpreter(&host.executable)?;
     libs::place(&image, loader.as_deref(), &closure)?;
 
     skeleton::write_skeleton(&image)?;
     let ca_bundle = skeleton::copy_ca_certificates(&image, host)?;
     skeleton::copy_zoneinfo(&image)?;
+
+    // The interpreter was configured for another prefix: make that one resolve too,
+    // and give sysconfig its build files with the paths moved.
+    let rewritten = relocate::sysconfig_files(&image, host, &stdlib_dst)?;
+    copied.stale_sources.extend(rewritten);
+    relocate::prefix_links(&image, host)?;
 
     stdlib::compile(
         host,
