@@ -14,8 +14,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Default number of processes/threads (DESIGN.md: 128).
 pub const DEFAULT_PIDS: u64 = 128;
-/// Default cap on the size of one file the script writes (RLIMIT_FSIZE).
-pub const DEFAULT_FILE_SIZE: u64 = 1 << 30;
 /// Default number of open files (RLIMIT_NOFILE), never above the inherited hard limit.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 /// Default cap on what the script may write into its output folder.
@@ -82,7 +80,6 @@ pub struct Limits {
     pub pids: u64,
     /// CPU quota in CPUs (`--cpus 1.5`); needs cgroups.
     pub cpus: Option<f64>,
-    pub file_size: u64,
     pub open_files: u64,
     /// Bytes the script may write into its output folder (`--output-limit`).
     pub output_folder: u64,
@@ -97,7 +94,6 @@ impl Default for Limits {
             memory: DEFAULT_MEMORY,
             pids: DEFAULT_PIDS,
             cpus: None,
-            file_size: DEFAULT_FILE_SIZE,
             open_files: DEFAULT_OPEN_FILES,
             output_folder: DEFAULT_OUTPUT_LIMIT,
             max_output: DEFAULT_MAX_OUTPUT,
@@ -118,6 +114,16 @@ impl Limits {
     /// Size of the tmpfs `HOME`.
     pub fn home_size(&self) -> u64 {
         (self.memory / 8).clamp(1 << 20, 64 << 20)
+    }
+    /// RLIMIT_FSIZE, the size of one file the script writes: the cap of the largest
+    /// writable mount (output folder, `/tmp`, `/dev/shm`, `HOME`). The mounts bound what
+    /// the script can store; the rlimit only stops a runaway write with `SIGXFSZ`, and
+    /// must never cut short a file the mounts allow.
+    pub fn file_size(&self) -> u64 {
+        self.output_folder
+            .max(self.tmp_size())
+            .max(self.shm_size())
+            .max(self.home_size())
     }
     /// RLIMIT_CPU in seconds: a process cannot burn more CPU than the wall-clock limit
     /// allows (plus a second of slack so the wall-clock timeout is what normally fires).
@@ -344,6 +350,21 @@ pub fn parse_size(s: &str) -> Result<u64, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_size_is_the_largest_writable_mount() {
+        let mut l = Limits {
+            memory: 64 << 20,
+            output_folder: 8 << 20,
+            ..Default::default()
+        };
+        assert_eq!(l.file_size(), l.tmp_size());
+        assert_eq!(l.file_size(), 32 << 20);
+        l.output_folder = 3 << 30;
+        assert_eq!(l.file_size(), 3 << 30);
+        l.memory = 16 << 30;
+        assert_eq!(l.file_size(), 8 << 30);
+    }
 
     #[test]
     fn durations() {

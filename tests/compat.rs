@@ -230,3 +230,49 @@ for k, ok in checks.items():
     assert_code(&o, 0, "parse_config_h");
     assert_eq!(stdout(&o), "True\n");
 });
+
+each_mode!(file_size_rlimit_follows_the_writable_mounts, |who| {
+    // RLIMIT_FSIZE is the cap of the largest writable mount (here /tmp: half of
+    // --memory), and the report says so.
+    let (o, _d) = run_script(
+        who,
+        "import resource\nprint(*resource.getrlimit(resource.RLIMIT_FSIZE))\n",
+        &["--output-limit", "8M", "--memory", "64M", "--json"],
+    );
+    assert_code(&o, 0, "json run");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON report");
+    let fsize = &report["limits"]["file_size_bytes"];
+    assert_eq!(
+        fsize["value"].as_f64(),
+        Some((32u64 << 20) as f64),
+        "{fsize}"
+    );
+    assert_eq!(fsize["mechanism"], "rlimit", "{fsize}");
+    assert_eq!(
+        report["stdout"]["text"].as_str(),
+        Some("33554432 33554432\n"),
+        "{report}"
+    );
+
+    // A file the output folder allows is never cut short by the rlimit: a 1.5 GiB
+    // (sparse) file, as bare host python writes it. Removed before exit, so the output
+    // merge copies nothing.
+    let body = r#"
+import os
+if not os.path.isdir("output"):
+    os.mkdir("output")
+p = os.path.join("output", "big.bin")
+with open(p, "wb") as f:
+    f.seek(3 << 29)
+    f.write(b"x")
+    f.truncate((3 << 29) + 4096)
+print(os.path.getsize(p))
+os.remove(p)
+"#;
+    let b = bare(body);
+    assert_code(&b, 0, "bare host python");
+    let (s, _d) = run_script(who, body, &["--output-limit", "3G"]);
+    assert_code(&s, 0, "sandbox");
+    assert_eq!(stdout(&b), format!("{}\n", (3u64 << 29) + 4096));
+    assert_eq!(stdout(&s), stdout(&b));
+});
