@@ -494,6 +494,9 @@ fn build_in(
     progress.finish();
 
     let mut layers = base.layers.clone();
+    if let Some(netbase) = netbase_layer(base, store, work)? {
+        layers.push(netbase);
+    }
     layers.push(new_layer);
     let pkg_list: Vec<String> = packages
         .iter()
@@ -539,6 +542,41 @@ fn build_in(
         packages: pkg_list,
         lock_file,
     })
+}
+
+/// A layer with `/etc/services` and `/etc/protocols` (the host's netbase files, or
+/// built-in copies) when the base image lacks them: `socket.getservbyname` and
+/// `getaddrinfo(host, "http")` work in every image pysandbox builds.
+fn netbase_layer(
+    base: &Base,
+    store: &Store,
+    work: &Path,
+) -> Result<Option<LayerDigests>, BuildError> {
+    let missing: Vec<&(&str, &str)> = rootfs_builder::NETBASE_FILES
+        .iter()
+        .filter(|(path, _)| {
+            fs::symlink_metadata(base.rootfs.join(path.trim_start_matches('/'))).is_err()
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let tree = work.join("netbase");
+    let etc = tree.join("etc");
+    fs::create_dir_all(&etc).map_err(io_err("creating the netbase layer"))?;
+    for (path, builtin) in missing {
+        let dst = tree.join(path.trim_start_matches('/'));
+        fs::write(&dst, rootfs_builder::netbase_file(path, builtin))
+            .map_err(io_err("creating the netbase layer"))?;
+    }
+    let tmp = store.tmp_path("netbase-layer");
+    let f = io::BufWriter::new(fs::File::create(&tmp).map_err(io_err("creating the layer"))?);
+    let d = rootfs_builder::layer::write_layer(&tree, "", Source::Tree, f)
+        .map_err(io_err("packing the netbase layer"))?;
+    let mut r = fs::File::open(&tmp).map_err(io_err("reading the layer"))?;
+    store.put_blob(&mut r, Some((&d.digest, d.size)))?;
+    let _ = fs::remove_file(&tmp);
+    Ok(Some(d))
 }
 
 /// A label of a stored image's config.
