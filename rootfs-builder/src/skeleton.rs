@@ -234,3 +234,26 @@ pub(crate) fn copy_ca_certificates(image: &Image, host: &HostPython) -> Result<b
     }
     Ok(have_bundle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_netbase_has_the_common_names() {
+        let line = |text: &str, name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        };
+        assert_eq!(line(BUILTIN_SERVICES, "http").as_deref(), Some("80/tcp"));
+        assert_eq!(line(BUILTIN_SERVICES, "https").as_deref(), Some("443/tcp"));
+        assert_eq!(line(BUILTIN_SERVICES, "ssh").as_deref(), Some("22/tcp"));
+        assert_eq!(line(BUILTIN_PROTOCOLS, "tcp").as_deref(), Some("6"));
+        assert_eq!(line(BUILTIN_PROTOCOLS, "udp").as_deref(), Some("17"));
+        assert_eq!(
+            netbase_file("/nonexistent/services", BUILTIN_SERVICES),
+            BUILTIN_SERVICES.as_bytes()
+        );
+    }
+}
