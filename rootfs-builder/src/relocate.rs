@@ -17,6 +17,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
@@ -130,15 +131,9 @@ pub(crate) fn prefix_links(image: &Image, host: &HostPython) -> Result<(), Build
                     p.push(c);
                     let h = image.host(&p);
                     let m = fs::symlink_metadata(&h).map_err(io_err("cannot inspect", &h))?;
-                    if m.is_dir()
-                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o055
-                            != 0o055
-                    {
-                        fs::set_permissions(
-                            &h,
-                            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-                        )
-                        .map_err(io_err("cannot set mode of image directory", &h))?;
+                    if m.is_dir() && m.permissions().mode() & 0o055 != 0o055 {
+                        fs::set_permissions(&h, fs::Permissions::from_mode(0o755))
+                            .map_err(io_err("cannot set mode of image directory", &h))?;
                     }
                 }
             }
@@ -254,7 +249,7 @@ fn write_new(path: &Path, data: &[u8]) -> Result<(), BuildError> {
         .map_err(io_err("cannot create image file", path))?;
     f.write_all(data)
         .map_err(|e: io::Error| io_err("cannot write image file", path)(e))?;
-    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
         .map_err(io_err("cannot set mode of image file", path))
 }
 
