@@ -1,4 +1,5 @@
 //! `cargo xtask compat`: runs the test suites of a few widely used pure-Python projects
+//! (more-itertools, six, packaging, idna, distlib, attrs)
 //! bare (host python in a venv) and inside `pysandbox run` (an image built with
 //! `pysandbox image build` holding pytest and the test dependencies; the project's folder
 //! as the read-only data folder), as root and as an ordinary user (uid 65534), and prints
@@ -23,6 +24,10 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ("six==1.17.0", &[]),
     ("packaging==24.2", &["pretend"]),
     ("idna==3.10", &[]),
+    // sysconfig, subprocess of the interpreter, script and wheel installation, the index.
+    ("distlib==0.3.9", &[]),
+    // hypothesis (its example database next to the tests), pympler.
+    ("attrs==24.2.0", &["hypothesis==6.122.3", "pympler==1.1"]),
 ];
 
 const PYTEST: &str = "pytest==8.3.4";
@@ -136,12 +141,16 @@ fn outcomes(text: &str) -> Outcomes {
     let mut m = Outcomes::new();
     for line in text.lines() {
         for kind in ["FAILED", "ERROR"] {
+            // `FAILED ID - reason`; captured log lines (`ERROR    logger:file.py:12 ...`)
+            // have no test id.
             if let Some(rest) = line.strip_prefix(kind).and_then(|r| r.strip_prefix(' ')) {
                 let (id, why) = rest.split_once(" - ").unwrap_or((rest, ""));
-                m.insert(
-                    id.trim().to_string(),
-                    (kind.to_string(), why.trim().to_string()),
-                );
+                if id.contains("::") && !id.starts_with(' ') && !id.trim().contains(' ') {
+                    m.insert(
+                        id.trim().to_string(),
+                        (kind.to_string(), why.trim().to_string()),
+                    );
+                }
             }
         }
     }
@@ -388,6 +397,7 @@ pub fn compat(args: &[String]) -> Result<()> {
                         ("PYTHONPATH", pythonpath),
                         ("PYTHONDONTWRITEBYTECODE", "1".into()),
                         ("COLUMNS", WIDTH.into()),
+                        ("PYTHONHASHSEED", "0".into()),
                     ],
                 )
                 .stdin(Stdio::null())
@@ -419,6 +429,11 @@ pub fn compat(args: &[String]) -> Result<()> {
                         "PYTHONPATH=/usr/app/data:/usr/app/data/src",
                         "-e",
                         &format!("COLUMNS={WIDTH}"),
+                        "-e",
+                        "PYTHONHASHSEED=0",
+                        // One line per test: packaging's 21,000 tests print megabytes.
+                        "--max-output",
+                        "512M",
                         "--seccomp-log",
                         &runner_s,
                     ],
