@@ -116,14 +116,17 @@ impl Limits {
         (self.memory / 8).clamp(1 << 20, 64 << 20)
     }
     /// RLIMIT_FSIZE, the size of one file the script writes: the cap of the largest
-    /// writable mount (output folder, `/tmp`, `/dev/shm`, `HOME`). The mounts bound what
-    /// the script can store; the rlimit only stops a runaway write with `SIGXFSZ`, and
-    /// must never cut short a file the mounts allow.
+    /// writable mount (output folder, `/tmp`, `/dev/shm`, `HOME`) plus 1 MiB. The mounts
+    /// bound what the script can store; the rlimit only stops a runaway write (a sparse
+    /// file far beyond them) with `SIGXFSZ`/`EFBIG`. It must never cut short a file the
+    /// mounts allow, and the headroom makes a full mount answer with its own, clearer
+    /// `ENOSPC` first.
     pub fn file_size(&self) -> u64 {
         self.output_folder
             .max(self.tmp_size())
             .max(self.shm_size())
             .max(self.home_size())
+            + (1 << 20)
     }
     /// RLIMIT_CPU in seconds: a process cannot burn more CPU than the wall-clock limit
     /// allows (plus a second of slack so the wall-clock timeout is what normally fires).
@@ -358,12 +361,12 @@ mod tests {
             output_folder: 8 << 20,
             ..Default::default()
         };
-        assert_eq!(l.file_size(), l.tmp_size());
-        assert_eq!(l.file_size(), 32 << 20);
+        assert_eq!(l.file_size(), l.tmp_size() + (1 << 20));
+        assert_eq!(l.file_size(), 33 << 20);
         l.output_folder = 3 << 30;
-        assert_eq!(l.file_size(), 3 << 30);
+        assert_eq!(l.file_size(), (3 << 30) + (1 << 20));
         l.memory = 16 << 30;
-        assert_eq!(l.file_size(), 8 << 30);
+        assert_eq!(l.file_size(), (8 << 30) + (1 << 20));
     }
 
     #[test]

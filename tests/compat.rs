@@ -233,7 +233,7 @@ for k, ok in checks.items():
 
 each_mode!(file_size_rlimit_follows_the_writable_mounts, |who| {
     // RLIMIT_FSIZE is the cap of the largest writable mount (here /tmp: half of
-    // --memory), and the report says so.
+    // --memory) plus 1 MiB, and the report says so.
     let (o, _d) = run_script(
         who,
         "import resource\nprint(*resource.getrlimit(resource.RLIMIT_FSIZE))\n",
@@ -244,13 +244,13 @@ each_mode!(file_size_rlimit_follows_the_writable_mounts, |who| {
     let fsize = &report["limits"]["file_size_bytes"];
     assert_eq!(
         fsize["value"].as_f64(),
-        Some((32u64 << 20) as f64),
+        Some((33u64 << 20) as f64),
         "{fsize}"
     );
     assert_eq!(fsize["mechanism"], "rlimit", "{fsize}");
     assert_eq!(
         report["stdout"]["text"].as_str(),
-        Some("33554432 33554432\n"),
+        Some("34603008 34603008\n"),
         "{report}"
     );
 
