@@ -110,6 +110,10 @@ struct Base {
     digest: String,
     /// Holds the base's unpacked root file system while the build uses it.
     _guard: Option<super::store::RootfsGuard>,
+    /// Holds the default image's build (its shared in-use lock) while the build uses
+    /// it: a rebuild of the default image (a new host python, another pysandbox version)
+    /// must not delete it under the build stage.
+    _default: Option<image::ResolvedImage>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -173,6 +177,7 @@ fn default_base(store: &Store, progress: &dyn Progress) -> Result<Base, BuildErr
         layers: vec![layer],
         python,
         _guard: None,
+        _default: Some(img),
     })
 }
 
@@ -225,6 +230,7 @@ fn store_base(store: &Store, name: &str, progress: &dyn Progress) -> Result<Base
         python,
         digest,
         _guard: Some(guard),
+        _default: None,
     })
 }
 
