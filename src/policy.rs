@@ -14,8 +14,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Default number of processes/threads (DESIGN.md: 128).
 pub const DEFAULT_PIDS: u64 = 128;
-/// Default cap on the size of one file the script writes (RLIMIT_FSIZE).
-pub const DEFAULT_FILE_SIZE: u64 = 1 << 30;
 /// Default number of open files (RLIMIT_NOFILE), never above the inherited hard limit.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 /// Default cap on what the script may write into its output folder.
@@ -82,7 +80,6 @@ pub struct Limits {
     pub pids: u64,
     /// CPU quota in CPUs (`--cpus 1.5`); needs cgroups.
     pub cpus: Option<f64>,
-    pub file_size: u64,
     pub open_files: u64,
     /// Bytes the script may write into its output folder (`--output-limit`).
     pub output_folder: u64,
@@ -97,7 +94,6 @@ impl Default for Limits {
             memory: DEFAULT_MEMORY,
             pids: DEFAULT_PIDS,
             cpus: None,
-            file_size: DEFAULT_FILE_SIZE,
             open_files: DEFAULT_OPEN_FILES,
             output_folder: DEFAULT_OUTPUT_LIMIT,
             max_output: DEFAULT_MAX_OUTPUT,
@@ -127,6 +123,19 @@ impl Limits {
     /// (the folder is a tmpfs until the run ends, so its pages are memory).
     pub fn output_cap(&self) -> u64 {
         self.output_folder.min(self.memory)
+    }
+    /// RLIMIT_FSIZE, the size of one file the script writes: the cap of the largest
+    /// writable mount (output folder, `/tmp`, `/dev/shm`, `HOME`) plus 1 MiB. The mounts
+    /// bound what the script can store; the rlimit only stops a runaway write (a sparse
+    /// file far beyond them) with `SIGXFSZ`/`EFBIG`. It must never cut short a file the
+    /// mounts allow, and the headroom makes a full mount answer with its own, clearer
+    /// `ENOSPC` first.
+    pub fn file_size(&self) -> u64 {
+        self.output_folder
+            .max(self.tmp_size())
+            .max(self.shm_size())
+            .max(self.home_size())
+            + (1 << 20)
     }
     /// RLIMIT_CPU in seconds: a process cannot burn more CPU than the wall-clock limit
     /// allows (plus a second of slack so the wall-clock timeout is what normally fires).
@@ -353,6 +362,21 @@ pub fn parse_size(s: &str) -> Result<u64, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_size_is_the_largest_writable_mount() {
+        let mut l = Limits {
+            memory: 64 << 20,
+            output_folder: 8 << 20,
+            ..Default::default()
+        };
+        assert_eq!(l.file_size(), l.tmp_size() + (1 << 20));
+        assert_eq!(l.file_size(), 33 << 20);
+        l.output_folder = 3 << 30;
+        assert_eq!(l.file_size(), (3 << 30) + (1 << 20));
+        l.memory = 16 << 30;
+        assert_eq!(l.file_size(), (8 << 30) + (1 << 20));
+    }
 
     #[test]
     fn durations() {

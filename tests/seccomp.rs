@@ -161,13 +161,32 @@ def call(nr, *a):
     r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
     return r, ctypes.get_errno()
 res = {}
-# socket(): AF_UNIX, AF_INET/AF_INET6 stream and datagram only.
-for fam, typ in [(1, 1), (1, 2), (1, 5), (2, 1), (2, 2), (10, 1), (10, 2), (2, 3), (10, 3), (17, 3), (16, 3), (16, 2), (40, 1), (38, 5), (15, 3), (21, 5)]:
+# socket(): AF_UNIX, AF_INET/AF_INET6 stream and datagram, AF_NETLINK with NETLINK_ROUTE
+# (0) only. Netlink: 4 sock_diag, 6 xfrm, 9 audit, 12 netfilter, 15 kobject_uevent,
+# 16 generic, 2 usersock.
+for fam, typ, proto in [(1, 1, 0), (1, 2, 0), (1, 5, 0), (2, 1, 0), (2, 2, 0), (10, 1, 0), (10, 2, 0), (2, 3, 1), (10, 3, 58), (2, 3, 255), (17, 3, 0), (16, 3, 0), (16, 2, 0), (16, 3, 4), (16, 3, 6), (16, 3, 9), (16, 3, 12), (16, 2, 15), (16, 3, 16), (16, 2, 2), (40, 1, 0), (38, 5, 0), (15, 3, 2), (21, 5, 0), (17, 2, 0), (31, 5, 0), (44, 3, 0)]:
     try:
-        socket.socket(fam, typ | socket.SOCK_CLOEXEC).close()
-        res[f"socket {fam} {typ}"] = 0
+        socket.socket(fam, typ | socket.SOCK_CLOEXEC, proto).close()
+        res[f"socket {fam} {typ} {proto}"] = 0
     except OSError as e:
-        res[f"socket {fam} {typ}"] = e.errno
+        res[f"socket {fam} {typ} {proto}"] = e.errno
+# set*id and chown: to the sandbox's own ids (1000) or -1 only; EPERM otherwise, as an
+# unprivileged process on a host gets (not the EINVAL of an unmapped id).
+ids = {
+    "setuid 1000": lambda: os.setuid(1000), "setuid 0": lambda: os.setuid(0),
+    "setgid 1000": lambda: os.setgid(1000), "setgid 65534": lambda: os.setgid(65534),
+    "setreuid -1 1000": lambda: os.setreuid(-1, 1000), "setreuid 0 -1": lambda: os.setreuid(0, -1),
+    "setresgid -1 -1 1000": lambda: os.setresgid(-1, -1, 1000), "setresgid 1000 1000 0": lambda: os.setresgid(1000, 1000, 0),
+    "chown 1000 1000": lambda: os.chown("/tmp/f", 1000, 1000), "chown -1 0": lambda: os.chown("/tmp/f", -1, 0),
+    "fchownat 0 -1": lambda: os.chown("f", 0, -1, dir_fd=os.open("/tmp", os.O_RDONLY)),
+    "setgroups": lambda: os.setgroups([1000]),
+}
+open("/tmp/f", "w").close()
+for k, f in ids.items():
+    try:
+        f(); res[k] = 0
+    except OSError as e:
+        res[k] = e.errno
 for fam in [1, 2]:
     try:
         a, b = socket.socketpair(fam, 1); a.close(); b.close(); res[f"socketpair {fam}"] = 0
@@ -216,33 +235,62 @@ for k, v in res.items():
     };
     let eperm = libc::EPERM;
     for ok in [
-        "socket 1 1",
-        "socket 1 2",
-        "socket 1 5",
-        "socket 2 1",
-        "socket 2 2",
-        "socket 10 1",
-        "socket 10 2",
+        "socket 1 1 0",
+        "socket 1 2 0",
+        "socket 1 5 0",
+        "socket 2 1 0",
+        "socket 2 2 0",
+        "socket 10 1 0",
+        "socket 10 2 0",
+        "socket 16 3 0",
+        "socket 16 2 0",
         "socketpair 1",
         "TIOCGWINSZ",
+        "setuid 1000",
+        "setgid 1000",
+        "setreuid -1 1000",
+        "setresgid -1 -1 1000",
+        "chown 1000 1000",
     ] {
         assert_eq!(get(ok), 0, "{ok} must work:\n{out}");
     }
+    // Raw sockets and netlink protocols other than NETLINK_ROUTE: the allow-list's EPERM.
     for no in [
-        "socket 2 3",
-        "socket 10 3",
-        "socket 17 3",
-        "socket 16 3",
-        "socket 16 2",
-        "socket 40 1",
-        "socket 38 5",
-        "socket 15 3",
-        "socket 21 5",
+        "socket 2 3 1",
+        "socket 10 3 58",
+        "socket 2 3 255",
+        "socket 16 3 4",
+        "socket 16 3 6",
+        "socket 16 3 9",
+        "socket 16 3 12",
+        "socket 16 2 15",
+        "socket 16 3 16",
+        "socket 16 2 2",
         "socketpair 2",
         "TIOCSTI",
         "personality PER_LINUX32",
+        "setuid 0",
+        "setgid 65534",
+        "setreuid 0 -1",
+        "setresgid 1000 1000 0",
+        "chown -1 0",
+        "fchownat 0 -1",
+        "setgroups",
     ] {
         assert_eq!(get(no), eperm, "{no} must be refused:\n{out}");
+    }
+    // Families the allow-list never allows: EAFNOSUPPORT, as from a kernel without them.
+    for no in [
+        "socket 17 3 0",
+        "socket 17 2 0",
+        "socket 40 1 0",
+        "socket 38 5 0",
+        "socket 15 3 2",
+        "socket 21 5 0",
+        "socket 31 5 0",
+        "socket 44 3 0",
+    ] {
+        assert_eq!(get(no), libc::EAFNOSUPPORT, "{no} must be refused:\n{out}");
     }
     for flag in [
         "0x10000000",
@@ -272,9 +320,9 @@ print(st1['Seccomp'].strip(), *[int(st1[k], 16) for k in ['CapInh', 'CapPrm', 'C
         &[],
     );
     assert_code(&o, 0, "status");
-    // Filter mode 2 with both filters; every capability set of the script and of the
+    // Filter mode 2 with the three filters; every capability set of the script and of the
     // sandbox's init is empty.
-    assert_eq!(stdout(&o), "2 2 1\n0 0 0 0 0\n2 0 0 0 0 0\n");
+    assert_eq!(stdout(&o), "2 3 1\n0 0 0 0 0\n2 0 0 0 0 0\n");
 });
 
 each_mode!(broad_cpython_workload_passes, |who| {

@@ -31,7 +31,6 @@ impl Image {
         Image { root }
     }
 
-    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }

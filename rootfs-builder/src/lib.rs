@@ -5,12 +5,14 @@
 //! - `/opt/conda/bin/python3.X` (the real interpreter) with `python3` and
 //!   `python` symlinks; `/opt/conda/lib/python3.X` is the host stdlib minus
 //!   tests, GUI modules, `ensurepip` and site-packages, with a valid level-0
-//!   `.pyc` for every source, so `sys.prefix` is `/opt/conda`.
+//!   `.pyc` for every source, so `sys.prefix` is `/opt/conda`; sysconfig's
+//!   `Makefile`, `pyconfig.h` and `_sysconfigdata` with their paths moved there,
+//!   and links from the host's configure-time prefix (see `relocate`).
 //! - The shared-library closure of the interpreter and its extension modules,
 //!   at the host paths (with the host's symlinks) when they live in the
 //!   loader's default directories, otherwise copied into libc's directory.
 //! - Minimal `/etc` (passwd, group, hosts, nsswitch.conf, hostname, empty
-//!   resolv.conf), the CA bundle, and empty mount-point directories.
+//!   resolv.conf, services and protocols), the CA bundle, and empty mount-point directories.
 //!
 //! Nothing else: no shell, no coreutils, no pip. Files are owned by the
 //! builder, world-readable, 0o644 or 0o755 (never setuid/setgid). Symlinks
@@ -26,6 +28,7 @@ mod ldd;
 mod libs;
 pub mod oci;
 mod probe;
+mod relocate;
 mod skeleton;
 mod stdlib;
 
@@ -38,13 +41,14 @@ use serde::{Deserialize, Serialize};
 
 pub use error::BuildError;
 pub use probe::{HostPython, probe_python};
+pub use skeleton::{BUILTIN_PROTOCOLS, BUILTIN_SERVICES, NETBASE_FILES, netbase_file};
 
 use error::io_err;
 use fsops::Image;
 
 /// Bumped whenever the image layout or content rules change (part of the
 /// image cache key).
-pub const BUILDER_VERSION: u32 = 3;
+pub const BUILDER_VERSION: u32 = 4;
 
 /// The interpreter's path inside the image.
 pub const IMAGE_PYTHON: &str = "/opt/conda/bin/python";
@@ -124,13 +128,19 @@ pub fn build_rootfs(host: &HostPython, dest: &Path) -> Result<RootfsManifest, Bu
     let pending = ldd::spawn(&ldd_inputs)?;
     let copied = plan.copy();
     let closure = pending.wait()?;
-    let copied = copied?;
+    let mut copied = copied?;
     let loader = elf::interpreter(&host.executable)?;
     libs::place(&image, loader.as_deref(), &closure)?;
 
     skeleton::write_skeleton(&image)?;
     let ca_bundle = skeleton::copy_ca_certificates(&image, host)?;
     skeleton::copy_zoneinfo(&image)?;
+
+    // The interpreter was configured for another prefix: make that one resolve too,
+    // and give sysconfig its build files with the paths moved.
+    let rewritten = relocate::sysconfig_files(&image, host, &stdlib_dst)?;
+    copied.stale_sources.extend(rewritten);
+    relocate::prefix_links(&image, host)?;
 
     stdlib::compile(
         host,

@@ -44,6 +44,19 @@ pub struct HostPython {
     /// OpenSSL's compiled-in default CA directory (`/usr/lib/ssl/certs`).
     #[serde(default)]
     pub ssl_capath: Option<PathBuf>,
+    /// The configure-time `prefix` and `exec_prefix` (sysconfig), compiled into the
+    /// interpreter: where it looks for its stdlib when it cannot find itself.
+    #[serde(default)]
+    pub config_prefix: Option<PathBuf>,
+    #[serde(default)]
+    pub config_exec_prefix: Option<PathBuf>,
+    /// `sysconfig.get_makefile_filename()`, if the file exists.
+    #[serde(default)]
+    pub makefile: Option<PathBuf>,
+    /// The real `pyconfig.h` behind `sysconfig.get_config_h_filename()` (Debian's is a
+    /// wrapper including a per-architecture header), if it exists.
+    #[serde(default)]
+    pub config_h: Option<PathBuf>,
 }
 
 fn default_platlibdir() -> String {
@@ -58,6 +71,15 @@ dyn = [p for p in sys.path if os.path.basename(p.rstrip("/")) == "lib-dynload"]
 if not dyn:
     d = sysconfig.get_config_var("DESTSHARED")
     dyn = [d] if d else [os.path.join(stdlib, "lib-dynload")]
+def existing(p):
+    return p if p and os.path.isfile(p) else None
+makefile = existing(sysconfig.get_makefile_filename())
+config_h = existing(sysconfig.get_config_h_filename())
+if config_h and os.path.getsize(config_h) < 16384:
+    # Debian: a wrapper including <MULTIARCH/python3.X/pyconfig.h>.
+    real = os.path.join(sysconfig.get_config_var("INCLUDEDIR") or "", sysconfig.get_config_var("MULTIARCH") or "", os.path.basename(os.path.dirname(config_h)), "pyconfig.h")
+    if "include <" in open(config_h, errors="replace").read() and os.path.isfile(real):
+        config_h = real
 cafile = capath = None
 try:
     import ssl
@@ -79,6 +101,10 @@ print(json.dumps({
     "pyc_magic": importlib.util.MAGIC_NUMBER.hex(),
     "ssl_cafile": cafile,
     "ssl_capath": capath,
+    "config_prefix": sysconfig.get_config_var("prefix"),
+    "config_exec_prefix": sysconfig.get_config_var("exec_prefix"),
+    "makefile": makefile and os.path.realpath(makefile),
+    "config_h": config_h and os.path.realpath(config_h),
 }))
 "#;
 
@@ -97,6 +123,10 @@ struct ProbeOutput {
     pyc_magic: String,
     ssl_cafile: Option<PathBuf>,
     ssl_capath: Option<PathBuf>,
+    config_prefix: Option<PathBuf>,
+    config_exec_prefix: Option<PathBuf>,
+    makefile: Option<PathBuf>,
+    config_h: Option<PathBuf>,
 }
 
 /// Runs `python -I -B -c <script>` once and describes the real interpreter
@@ -197,6 +227,10 @@ pub fn probe_python(python: &Path) -> Result<HostPython, BuildError> {
         pyc_magic: p.pyc_magic,
         ssl_cafile: p.ssl_cafile.filter(|s| s.is_absolute()),
         ssl_capath: p.ssl_capath.filter(|s| s.is_absolute()),
+        config_prefix: p.config_prefix.filter(|s| s.is_absolute()),
+        config_exec_prefix: p.config_exec_prefix.filter(|s| s.is_absolute()),
+        makefile: p.makefile.filter(|s| s.is_absolute()),
+        config_h: p.config_h.filter(|s| s.is_absolute()),
     })
 }
 

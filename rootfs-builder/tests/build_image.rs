@@ -239,6 +239,22 @@ fn check_tree(root: &Path, host: &HostPython) {
     .into_iter()
     .collect();
 
+    // The only host paths allowed: the links at the interpreter's configure-time prefix
+    // (to the relocated stdlib and headers) and the directories leading to them.
+    let version = format!("python{}.{}", host.major, host.minor);
+    let relocation: Vec<PathBuf> = [&host.config_prefix, &host.config_exec_prefix]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            [
+                p.join(&host.platlibdir).join(&version),
+                p.join("include").join(&version),
+            ]
+        })
+        .filter_map(|p| p.strip_prefix("/").ok().map(Path::to_path_buf))
+        .collect();
+    let on_relocation_path = |rel: &Path| relocation.iter().any(|l| l.starts_with(rel));
+
     let cache_tag = &host.cache_tag;
     let mut stack = vec![root.to_path_buf()];
     let mut py_count = 0;
@@ -255,10 +271,18 @@ fn check_tree(root: &Path, host: &HostPython) {
                 rel.display()
             );
             assert!(
-                !rel.to_string_lossy().contains(".pyenv"),
+                !rel.to_string_lossy().contains(".pyenv") || on_relocation_path(rel),
                 "host path leaked: {}",
                 rel.display()
             );
+            if on_relocation_path(rel) && relocation.iter().any(|l| l == rel) {
+                let target = fs::read_link(&path).expect("a relocation link");
+                assert!(
+                    target.starts_with("/opt/conda/"),
+                    "{} -> {target:?}",
+                    rel.display()
+                );
+            }
             assert!(
                 !name.contains(".opt-1.pyc") && !name.contains(".opt-2.pyc"),
                 "{}",
@@ -284,7 +308,7 @@ fn check_tree(root: &Path, host: &HostPython) {
                 );
                 continue;
             }
-            if rel != Path::new("root") {
+            if rel != Path::new("root") || on_relocation_path(rel) {
                 let need = if ft.is_dir() { 0o005 } else { 0o004 };
                 assert_eq!(
                     meta.mode() & need,
@@ -370,6 +394,13 @@ fn check_tree(root: &Path, host: &HostPython) {
             .trim(),
         "sandbox"
     );
+    for f in ["etc/services", "etc/protocols"] {
+        let m = fs::symlink_metadata(root.join(f)).expect(f);
+        assert!(
+            m.is_file() && m.len() > 0 && m.mode() & 0o777 == 0o644,
+            "{f}"
+        );
+    }
     let resolv = fs::symlink_metadata(root.join("etc/resolv.conf")).expect("resolv.conf");
     assert!(resolv.is_file() && resolv.len() == 0);
     let mode = |p: &str| {
@@ -379,11 +410,18 @@ fn check_tree(root: &Path, host: &HostPython) {
             .mode()
             & 0o7777
     };
+    // /root is 0o700, unless the interpreter's configure-time prefix (pyenv's) lies under
+    // it: then the sandbox user must traverse it to the relocation links.
+    let root_mode = if relocation.iter().any(|l| l.starts_with("root")) {
+        0o755
+    } else {
+        0o700
+    };
     for (dir, want) in [
         ("proc", 0o755),
         ("dev", 0o755),
         ("tmp", 0o1777),
-        ("root", 0o700),
+        ("root", root_mode),
         ("home/mambauser", 0o755),
         ("usr/app/src", 0o755),
         ("usr/app/data", 0o755),
@@ -404,6 +442,10 @@ fn check_tree(root: &Path, host: &HostPython) {
         "run",
         "var/tmp",
     ] {
+        if dir == "root" && root_mode == 0o755 {
+            // Only the relocation links (checked with the whole tree above).
+            continue;
+        }
         assert_eq!(
             fs::read_dir(root.join(dir)).expect(dir).count(),
             0,

@@ -110,6 +110,10 @@ struct Base {
     digest: String,
     /// Holds the base's unpacked root file system while the build uses it.
     _guard: Option<super::store::RootfsGuard>,
+    /// Holds the default image's build (its shared in-use lock) while the build uses
+    /// it: a rebuild of the default image (a new host python, another pysandbox version)
+    /// must not delete it under the build stage.
+    _default: Option<image::ResolvedImage>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -173,6 +177,7 @@ fn default_base(store: &Store, progress: &dyn Progress) -> Result<Base, BuildErr
         layers: vec![layer],
         python,
         _guard: None,
+        _default: Some(img),
     })
 }
 
@@ -225,6 +230,7 @@ fn store_base(store: &Store, name: &str, progress: &dyn Progress) -> Result<Base
         python,
         digest,
         _guard: Some(guard),
+        _default: None,
     })
 }
 
@@ -494,6 +500,9 @@ fn build_in(
     progress.finish();
 
     let mut layers = base.layers.clone();
+    if let Some(netbase) = netbase_layer(base, store, work)? {
+        layers.push(netbase);
+    }
     layers.push(new_layer);
     let pkg_list: Vec<String> = packages
         .iter()
@@ -539,6 +548,41 @@ fn build_in(
         packages: pkg_list,
         lock_file,
     })
+}
+
+/// A layer with `/etc/services` and `/etc/protocols` (the host's netbase files, or
+/// built-in copies) when the base image lacks them: `socket.getservbyname` and
+/// `getaddrinfo(host, "http")` work in every image pysandbox builds.
+fn netbase_layer(
+    base: &Base,
+    store: &Store,
+    work: &Path,
+) -> Result<Option<LayerDigests>, BuildError> {
+    let missing: Vec<&(&str, &str)> = rootfs_builder::NETBASE_FILES
+        .iter()
+        .filter(|(path, _)| {
+            fs::symlink_metadata(base.rootfs.join(path.trim_start_matches('/'))).is_err()
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let tree = work.join("netbase");
+    let etc = tree.join("etc");
+    fs::create_dir_all(&etc).map_err(io_err("creating the netbase layer"))?;
+    for (path, builtin) in missing {
+        let dst = tree.join(path.trim_start_matches('/'));
+        fs::write(&dst, rootfs_builder::netbase_file(path, builtin))
+            .map_err(io_err("creating the netbase layer"))?;
+    }
+    let tmp = store.tmp_path("netbase-layer");
+    let f = io::BufWriter::new(fs::File::create(&tmp).map_err(io_err("creating the layer"))?);
+    let d = rootfs_builder::layer::write_layer(&tree, "", Source::Tree, f)
+        .map_err(io_err("packing the netbase layer"))?;
+    let mut r = fs::File::open(&tmp).map_err(io_err("reading the layer"))?;
+    store.put_blob(&mut r, Some((&d.digest, d.size)))?;
+    let _ = fs::remove_file(&tmp);
+    Ok(Some(d))
 }
 
 /// A label of a stored image's config.

@@ -202,8 +202,8 @@ pub fn rlimits(l: &Limits, cgroup_memory: bool) -> Vec<Rlimit> {
     push(
         PosixRlimitType::RlimitFsize,
         libc::RLIMIT_FSIZE,
-        l.file_size,
-        l.file_size,
+        l.file_size(),
+        l.file_size(),
     );
     push(
         PosixRlimitType::RlimitNofile,

@@ -2,10 +2,14 @@
 //! installs it (the executor calls [`install`] as the last step before exec), and names
 //! syscalls by number. The policy itself is data: see `seccomp/README.md`.
 //!
-//! Two filters are stacked: `sandbox`, an allow-list whose default is `EPERM`, and
-//! `clone3_enosys`, which answers `clone3` with `ENOSYS` (installed last, so its errno wins
-//! over the allow-list's among equal-precedence results) so glibc falls back to `clone`,
-//! whose flags the allow-list can check. With `--seccomp-log` the allow-list's default
+//! Three filters are stacked: `sandbox`, an allow-list whose default is `EPERM`;
+//! `clone3_enosys`, which answers `clone3` with `ENOSYS` so glibc falls back to `clone`,
+//! whose flags the allow-list can check; and `socket_eafnosupport`, which answers
+//! `socket()` of a family the allow-list never allows with `EAFNOSUPPORT` (what a kernel
+//! without that family says), so code written for such hosts falls back. The later
+//! filters are installed after the allow-list, so their errno wins over its `EPERM`
+//! (equal precedence: the newest filter wins); they only ever turn a refusal into another
+//! refusal, never allow anything. With `--seccomp-log` the allow-list's default
 //! becomes "ask pysandbox" (`SECCOMP_RET_USER_NOTIF`): pysandbox records the syscall and
 //! answers `EPERM`, so the script sees exactly what it would have seen.
 
@@ -14,6 +18,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 static SANDBOX_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_sandbox.bpf"));
 static CLONE3_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_clone3_enosys.bpf"));
+static SOCKET_FAMILY_BPF: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_socket_eafnosupport.bpf"));
 static SYSCALL_NAMES: &[(u32, &str)] = include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
 
 const RET_ERRNO_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
@@ -42,6 +48,7 @@ fn decode(bytes: &[u8]) -> Program {
 pub struct Policy {
     pub sandbox: Program,
     pub clone3: Program,
+    pub socket_family: Program,
     /// The allow-list's default action is a user notification (`--seccomp-log`).
     pub notify: bool,
 }
@@ -60,6 +67,7 @@ impl Policy {
         Policy {
             sandbox,
             clone3: decode(CLONE3_BPF),
+            socket_family: decode(SOCKET_FAMILY_BPF),
             notify,
         }
     }
@@ -96,6 +104,7 @@ pub fn install(policy: &Policy) -> io::Result<Option<OwnedFd>> {
     };
     let r = seccomp_filter(&policy.sandbox, flags)?;
     seccomp_filter(&policy.clone3, 0)?;
+    seccomp_filter(&policy.socket_family, 0)?;
     // SAFETY: with NEW_LISTENER, the kernel returned a fresh descriptor.
     Ok(policy
         .notify
@@ -162,6 +171,7 @@ mod tests {
         let p = Policy::load(false);
         assert!(p.sandbox.0.len() > 100, "allow-list compiled");
         assert!(!p.clone3.0.is_empty());
+        assert!(!p.socket_family.0.is_empty());
         // The allow-list's default is EPERM, and nothing else returns it.
         let eperm = p
             .sandbox

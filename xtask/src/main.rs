@@ -5,6 +5,12 @@
 //! over the same root file system when they are installed. Commands are interleaved
 //! round-robin so drift hits all of them alike; the table shows medians and ratios to the
 //! floor. Benchmarks live here, never as timed assertions in tests.
+//!
+//! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
+//! and inside the sandbox, as root and as uid 65534, and lists every difference (see
+//! `compat.rs`).
+
+mod compat;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,8 +22,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
+        Some("compat") => compat::compat(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask bench [--runs N]");
+            eprintln!(
+                "usage: cargo xtask bench [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
+            );
             std::process::exit(2);
         }
     }
@@ -74,7 +83,7 @@ impl Case {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .with_context(|| format!("{}", self.name))?;
+            .with_context(|| self.name.clone())?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         if !st.success() {
             bail!("{} failed ({st}): {:?}", self.name, self.argv);
@@ -146,7 +155,7 @@ fn bench(args: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         std::os::unix::fs::chown(&user_home, Some(65534), Some(65534))?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        std::os::unix::fs::chown(&data.join("output"), Some(65534), Some(65534))?;
+        std::os::unix::fs::chown(data.join("output"), Some(65534), Some(65534))?;
     }
     let ps = pysandbox.to_string_lossy().into_owned();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -354,7 +363,7 @@ fn unpack_bench(
     let layout = tmp.join("layout");
     let l = rootfs_builder::oci::Layout::create(&layout)?;
     let layer = l.put_layer(rootfs, "", rootfs_builder::layer::Source::Tree)?;
-    l.finish(&[layer.clone()], &Default::default(), "bench")?;
+    l.finish(std::slice::from_ref(&layer), &Default::default(), "bench")?;
     let desc = format!("{} MB gzip, {} files", layer.size >> 20, layer.files);
     let xdg = tmp.join("xdg");
     std::fs::create_dir_all(&xdg)?;
