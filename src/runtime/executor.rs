@@ -50,6 +50,11 @@ pub struct ExecPlan {
     pub envp: Vec<CString>,
     /// Bring the loopback interface up (private network namespace).
     pub loopback: bool,
+    /// Send pysandbox this init's network and pid namespaces (`netns`/`pidns` lines with
+    /// a descriptor each), for the user-mode network it attaches before the start. The
+    /// init is not dumpable, so pysandbox could not open them through /proc as an
+    /// ordinary user.
+    pub send_namespaces: bool,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
@@ -129,6 +134,22 @@ impl ExecPlan {
         unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-init".as_ptr(), 0, 0, 0) };
         if self.loopback {
             loopback_up()?;
+        }
+        if self.send_namespaces {
+            for (tag, path) in [
+                (&b"netns 0\n"[..], c"/proc/self/ns/net"),
+                (&b"pidns 0\n"[..], c"/proc/self/ns/pid"),
+            ] {
+                // SAFETY: open of a NUL-terminated path; the result is owned below.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(err("opening the sandbox's namespaces"));
+                }
+                // SAFETY: a fresh descriptor, owned (and closed) here.
+                let fd =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                crate::sys::send_fd(self.status_fd, tag, &fd);
+            }
         }
         self.enter_unprivileged_userns()?;
         drop_all_capabilities()?;

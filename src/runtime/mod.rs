@@ -32,7 +32,7 @@ pub use host::Mode;
 use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
-use crate::policy::{KILL_GRACE, RunPolicy, Script, StdinSource};
+use crate::policy::{KILL_GRACE, Network, RunPolicy, Script, StdinSource};
 use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
 use crate::spec::{self, Bind, SpecInput};
 use crate::sys;
@@ -81,6 +81,9 @@ fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
 fn lc_err(step: &'static str) -> impl FnOnce(LibcontainerError) -> RuntimeError {
     move |source| RuntimeError::Container { step, source }
 }
+
+/// Said in every report of a `--network=host` run.
+pub const HOST_NETWORK_WARNING: &str = "--network=host: the script shares the host's network, so it can reach the host's loopback services (127.0.0.1, ::1) and abstract unix sockets; use --network for a network of its own";
 
 /// The environment every script starts with (nothing of the caller's leaks in).
 pub const BASE_ENV: &[(&str, &str)] = &[
@@ -383,6 +386,11 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     policy.validate()?;
     let mode = Mode::detect()?;
     mark("start");
+    // A network that cannot be set up is refused before anything exists.
+    let pasta = match policy.network {
+        Network::Pasta => Some(crate::net::preflight(mode.is_root())?),
+        Network::None | Network::Host => None,
+    };
     // Inputs first: a typo in a path fails at once, before any image is built.
     let mut created = Vec::new();
     let result = Inputs::gather(policy, mode, &mut created)
@@ -390,7 +398,7 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
         .and_then(|inputs| {
             let image = image::resolve(&policy.image)?;
             mark("image resolved");
-            run_prepared(policy, mode, &inputs, &image)
+            run_prepared(policy, mode, &inputs, &image, pasta.as_deref())
         });
     // Folders pysandbox created: a mount point for --output is never kept; an output
     // folder only if the sandbox ran (nothing half-made is left by a failed start).
@@ -407,6 +415,7 @@ fn run_prepared(
     mode: Mode,
     inputs: &Inputs,
     image: &ResolvedImage,
+    pasta: Option<&Path>,
 ) -> Result<RunReport, crate::Error> {
     let rt = dirs::runtime_dir(mode.is_root())?;
     let locks = rt.join("locks");
@@ -429,7 +438,7 @@ fn run_prepared(
     if policy.strict_limits {
         limits::check_strict(&policy.limits, cgroups)?;
     }
-    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups);
+    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups, pasta);
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -451,6 +460,7 @@ fn launch(
     mnt: &Path,
     id: &str,
     cgroups: CgroupSupport,
+    pasta: Option<&Path>,
 ) -> Result<RunReport, crate::Error> {
     let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
@@ -565,15 +575,23 @@ fn launch(
             writable: true,
         });
     }
-    if policy.network
+    // Name resolution: the host's resolv.conf with the host's network; with pasta, one
+    // naming pasta's DNS forwarder (the host's resolvers may be loopback addresses,
+    // which are the sandbox's own loopback there).
+    if policy.network != Network::None
         && rootfs.join("etc/resolv.conf").is_file()
         && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
             .ok()
             .filter(|p| p.is_file())
     {
         let t = bundle.join("resolv.conf");
-        fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
-        stage.file(&host_resolv, &t)?;
+        if policy.network == Network::Pasta {
+            let host = fs::read_to_string(&host_resolv).unwrap_or_default();
+            fs::write(&t, crate::net::resolv_conf(&host)).map_err(io_err("staging resolv.conf"))?;
+        } else {
+            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
+            stage.file(&host_resolv, &t)?;
+        }
         binds.push(Bind {
             source: t,
             dest: "/etc/resolv.conf",
@@ -605,7 +623,7 @@ fn launch(
         argv: argv.clone(),
         env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         binds,
-        host_network: policy.network,
+        host_network: !policy.network.private(),
         userns: match mode {
             Mode::Root { sandbox, .. } => Some(sandbox),
             Mode::Rootless => None,
@@ -646,7 +664,8 @@ fn launch(
             .iter()
             .map(|(k, v)| cstring(&format!("{k}={v}")))
             .collect::<Result<_, _>>()?,
-        loopback: !policy.network,
+        loopback: policy.network.private(),
+        send_namespaces: pasta.is_some(),
         status_fd: status_w.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
     };
@@ -678,6 +697,28 @@ fn launch(
 
     mark("container built");
     let guard = pidfd.try_clone().map_err(io_err("watching the sandbox"))?;
+    // The network, while the init waits for the start signal: the script never runs
+    // unconnected. On failure the sandbox is killed, and pasta (in its pid namespace)
+    // with it.
+    if let Some(pasta) = pasta {
+        let started = receive_namespaces(&status_r).and_then(|(netns, pidns)| {
+            let target = crate::net::Target {
+                netns,
+                pidns,
+                run_dir: &mnt.join("net"),
+                sandbox_ids: match mode {
+                    Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+                    Mode::Rootless => None,
+                },
+            };
+            crate::net::start(pasta, &target).map_err(crate::Error::from)
+        });
+        if let Err(e) = started {
+            supervise::kill_and_reap(&guard, init_pid);
+            return Err(e);
+        }
+        mark("network up");
+    }
     let supervised = match container.start() {
         Ok(()) => supervise::Supervisor {
             init_pid,
@@ -733,6 +774,9 @@ fn launch(
         merged.full,
     );
     report.warnings.extend(inputs.warnings.iter().cloned());
+    if policy.network == Network::Host {
+        report.warnings.push(HOST_NETWORK_WARNING.into());
+    }
     if report.signal == Some(libc::SIGSYS) {
         report.warnings.push(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
@@ -746,6 +790,23 @@ fn launch(
         ));
     }
     Ok(report)
+}
+
+/// The init's network and pid namespaces, sent by the executor before `build()` returned.
+fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
+    let get = |tag: &[u8]| {
+        let mut buf = [0u8; 16];
+        match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
+            Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
+            Ok(_) => Err(io_err("receiving the sandbox's namespaces")(
+                io::Error::other("the sandbox's init did not send them"),
+            )),
+            Err(e) => Err(io_err("receiving the sandbox's namespaces")(e)),
+        }
+    };
+    let net = get(b"netns 0\n")?;
+    let pid = get(b"pidns 0\n")?;
+    Ok((net, pid))
 }
 
 /// The report from what supervision saw, what the init reported, whether the cgroup saw
