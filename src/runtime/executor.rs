@@ -6,7 +6,9 @@
 //! step that can fail for a host reason happens there:
 //!   1. scrub pysandbox's argv/environment from this process's memory (they would show
 //!      in `/proc/1/cmdline`);
-//!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this);
+//!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this); with
+//!      `--network`, send pysandbox this init's network and pid namespaces (SCM_RIGHTS
+//!      on the status socket) so it can attach pasta before the start;
 //!   3. enter a nested user namespace mapping `mambauser` (1000) to the container's root,
 //!      so the script is not root even inside (mapping the parent's uid 0 needs the
 //!      CAP_SETFCAP the spec left us); drop the bounding set, lock securebits, clear every

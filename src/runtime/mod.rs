@@ -1,7 +1,8 @@
 //! The only module that talks to libcontainer: prepares one run (host inputs, private
-//! namespaces, staged mounts, spec, pipes), creates and starts the container with the
-//! sandbox executor, supervises it, and cleans up. Also sweeps what a killed pysandbox
-//! left behind.
+//! namespaces, staged mounts, spec, pipes), creates the container with the sandbox
+//! executor, attaches the user-mode network of `--network` (`net/`, given the init's
+//! namespaces) while the init waits, starts it, supervises it, and cleans up. Also
+//! sweeps what a killed pysandbox left behind.
 //!
 //! Must be called from a single-threaded process: libcontainer forks with raw `clone3`
 //! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
