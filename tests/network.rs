@@ -710,3 +710,33 @@ fn network_refused_without_pasta() {
         "a refused run created files"
     );
 }
+
+each_mode!(network_keeps_the_pids_budget, |who| {
+    if !network_available(who) {
+        return;
+    }
+    // pasta runs in the sandbox's pid namespace as its user: it must not take one of
+    // the script's --pids.
+    let forks = r#"
+import os, time
+n, kids = 0, []
+try:
+    while n < 50:
+        p = os.fork()
+        if p == 0:
+            time.sleep(5)
+            os._exit(0)
+        kids.append(p)
+        n += 1
+except OSError:
+    pass
+print(n)
+for p in kids:
+    os.kill(p, 9)
+"#;
+    let (plain, _d) = run_script(who, forks, &["--pids", "10"]);
+    assert_code(&plain, 0, "without --network");
+    let (net, _d) = run_script(who, forks, &["--pids", "10", "--network"]);
+    assert_code(&net, 0, "with --network");
+    assert_eq!(stdout(&net), stdout(&plain));
+});

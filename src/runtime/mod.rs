@@ -636,7 +636,7 @@ fn launch(
             CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
         ),
         limits: policy.limits.clone(),
-        rlimits: rlimits.clone(),
+        rlimits: with_pasta_slot(&rlimits, pasta.is_some()),
     })?;
     mark("staged");
     spec.save(bundle.join("config.json"))
@@ -791,6 +791,23 @@ fn launch(
         ));
     }
     Ok(report)
+}
+
+/// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC
+/// counts it: one more process, so that the script keeps the --pids it was given.
+fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
+    let mut out = rlimits.to_vec();
+    if pasta {
+        let (_, inherited_hard) = sys::getrlimit(libc::RLIMIT_NPROC);
+        for r in out
+            .iter_mut()
+            .filter(|r| r.kind == libcontainer::oci_spec::runtime::PosixRlimitType::RlimitNproc)
+        {
+            r.hard = r.hard.saturating_add(1).min(inherited_hard);
+            r.soft = r.soft.saturating_add(1).min(r.hard);
+        }
+    }
+    out
 }
 
 /// The init's network and pid namespaces, sent by the executor before `build()` returned.
