@@ -49,7 +49,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error(
-        "--network needs `pasta` (the user-mode network of the passt project), which was not found on PATH. Hint: apt-get install passt (or use --network=host to share the host's network)"
+        "--network needs `pasta` (the user-mode network of the passt project), which was not found (on PATH, or at $PYSANDBOX_PASTA). Hint: apt-get install passt (or use --network=host to share the host's network)"
     )]
     NoPasta,
     #[error(
