@@ -813,6 +813,16 @@ fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
 /// The init's network and pid namespaces, sent by the executor before `build()` returned.
 fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
     let get = |tag: &[u8]| {
+        // Already sent, before build() returned: never wait long for it.
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(status),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
+            return Err(io_err("receiving the sandbox's namespaces")(
+                io::Error::from(io::ErrorKind::TimedOut),
+            ));
+        }
         let mut buf = [0u8; 16];
         match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
             Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
