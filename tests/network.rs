@@ -230,6 +230,17 @@ fn serve_tcp(l: TcpListener, banner: &'static str, hit: Arc<AtomicBool>) {
     });
 }
 
+/// A UDP socket answering every datagram with `banner`; `hit` records that one came.
+fn serve_udp(u: UdpSocket, banner: &'static str, hit: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while let Ok((_, from)) = u.recv_from(&mut b) {
+            hit.store(true, Ordering::SeqCst);
+            let _ = u.send_to(banner.as_bytes(), from);
+        }
+    });
+}
+
 fn serve_unix(l: UnixListener, banner: &'static str, hit: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         for c in l.incoming() {
@@ -246,8 +257,8 @@ fn abstract_listener(name: &str) -> UnixListener {
     UnixListener::bind_addr(&addr).unwrap()
 }
 
-/// The probe: connects to every target given as `tcp:HOST:PORT` or `abstract:NAME` and
-/// prints `REACHED <target> <banner>` or `blocked <target> <error>`. The same script
+/// The probe: connects to every target given as `tcp:HOST:PORT`, `udp:HOST:PORT` (a
+/// datagram and its answer) or `abstract:NAME` and prints `REACHED <target> <banner>` or `blocked <target> <error>`. The same script
 /// runs in the sandbox and on the bare host, so a test that sees "blocked" knows the
 /// target was there to be reached.
 const PROBE: &str = r#"
@@ -259,6 +270,15 @@ for t in sys.argv[1:]:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(2)
             s.connect("\0" + rest)
+        elif kind == "udp":
+            host, _, port = rest.rpartition(":")
+            host = host.strip("[]")
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            u = socket.socket(fam, socket.SOCK_DGRAM)
+            u.settimeout(2)
+            u.sendto(b"probe", socket.getaddrinfo(host, int(port), fam)[0][4])
+            print("REACHED", t, u.recvfrom(100)[0].decode(errors="replace"), flush=True)
+            continue
         else:
             host, _, port = rest.rpartition(":")
             host = host.strip("[]")
@@ -399,9 +419,23 @@ each_mode!(network_cannot_reach_host_loopback, |who| {
     let port = l4.local_addr().unwrap().port();
     serve_tcp(l4, "HOST-LOOPBACK", hit.clone());
     serve_tcp(l6, "HOST-LOOPBACK", hit.clone());
+    let (u4, u6) = host.inside(move || {
+        (
+            UdpSocket::bind(("127.0.0.1", port)).unwrap(),
+            UdpSocket::bind(("::1", port)).unwrap(),
+        )
+    });
+    serve_udp(u4, "HOST-LOOPBACK", hit.clone());
+    serve_udp(u6, "HOST-LOOPBACK", hit.clone());
     // The "outside" answers on the same port, so reaching it is told apart.
-    let outside = srv.inside(move || TcpListener::bind(("::", port)).unwrap());
+    let (outside, outside_udp) = srv.inside(move || {
+        (
+            TcpListener::bind(("::", port)).unwrap(),
+            UdpSocket::bind(("::", port)).unwrap(),
+        )
+    });
     serve_tcp(outside, "outside", Arc::new(AtomicBool::new(false)));
+    serve_udp(outside_udp, "outside", Arc::new(AtomicBool::new(false)));
 
     let dir = workdir(who);
     put(dir.path(), "gw.py", GATEWAYS);
@@ -416,6 +450,8 @@ each_mode!(network_cannot_reach_host_loopback, |who| {
     let mut targets: Vec<String> = vec![
         format!("tcp:127.0.0.1:{port}"),
         format!("tcp:[::1]:{port}"),
+        format!("udp:127.0.0.1:{port}"),
+        format!("udp:[::1]:{port}"),
         // The gateways (--no-map-gw: the real ones, not aliases of H's loopback).
         format!("tcp:198.51.100.2:{port}"),
         format!("tcp:[{}]:{port}", &gw6[0][4..]),
@@ -427,6 +463,17 @@ each_mode!(network_cannot_reach_host_loopback, |who| {
         // pasta's DNS forwarder address, on another port.
         format!("tcp:{}:{port}", pysandbox::net::DNS_ADDR),
     ];
+    // UDP, through every address pasta could map to H's loopback.
+    for a in [
+        "198.51.100.2".to_string(),
+        format!("[{}]", &gw6[0][4..]),
+        "198.51.100.1".into(),
+        "203.0.113.7".into(),
+        format!("[{host_ll}%{ifname}]"),
+        pysandbox::net::DNS_ADDR.into(),
+    ] {
+        targets.push(format!("udp:{a}:{port}"));
+    }
     put(dir.path(), "probe.py", PROBE);
     let mut args = vec!["run", "--network", "probe.py"];
     args.extend(targets.iter().map(String::as_str));
@@ -444,17 +491,19 @@ each_mode!(network_cannot_reach_host_loopback, |who| {
         "host loopback saw a connection:\n{out}"
     );
     // The network itself works: the gateway (the outside) answers.
-    assert!(
-        out.contains(&format!("REACHED tcp:198.51.100.2:{port} outside")),
-        "{out}"
-    );
+    for proto in ["tcp", "udp"] {
+        assert!(
+            out.contains(&format!("REACHED {proto}:198.51.100.2:{port} outside")),
+            "{out}"
+        );
+    }
 
-    // Bare python on H reaches both loopback listeners: they were there.
-    targets.truncate(2);
+    // Bare python on H reaches the loopback listeners: they were there.
+    targets.truncate(4);
     let bare = bare_python_in(&host, PROBE, &targets);
     assert_eq!(
         lines_with(&bare, "REACHED").len(),
-        2,
+        4,
         "bare python:\n{bare}"
     );
     assert!(hit.load(Ordering::SeqCst));
@@ -634,10 +683,12 @@ print(os.stat("/proc/self/ns/pid").st_ino, any(n.startswith(("pasta", "passt")) 
     // A timeout ends it too.
     let (o, _d) = run_script(
         who,
-        "import time\ntime.sleep(30)\n",
+        "import os, time\nprint(os.stat('/proc/self/ns/pid').st_ino, flush=True)\ntime.sleep(30)\n",
         &["--network", "--timeout", "1s"],
     );
     assert_code(&o, 124, "timeout");
+    let left = pastas_in(stdout(&o).trim().parse().unwrap());
+    assert!(left.is_empty(), "pasta outlived a timed-out run: {left:?}");
 });
 
 each_mode!(network_sigkill_of_pysandbox_leaves_no_pasta, |who| {
