@@ -20,8 +20,8 @@
 //! credentials (root of the sandbox's user namespace, an unprivileged id on the host),
 //! never as host root.
 //!
-//! Must not: touch libcontainer (runtime/ hands over the init's pid), or add a thread to
-//! the process (it forks).
+//! Must not: touch libcontainer (runtime/ hands over the init's namespaces), or add a
+//! thread to the process (it forks).
 
 use std::fs;
 use std::io::{self, Read};
@@ -222,13 +222,24 @@ pub fn start(pasta: &Path, t: &Target) -> Result<(), NetError> {
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr));
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setns, set*id, fcntl, fork, waitpid, _exit) on
-    // descriptors that stay open in this process until spawn() returns; it allocates
-    // nothing.
+    // async-signal-safe system calls (setns, set*id, close_range, fcntl, fork, waitpid,
+    // _exit) on descriptors that stay open in this process until spawn() returns; it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if join_userns {
                 enter_userns(user_fd)?;
+            }
+            // Nothing pysandbox holds or inherited (its caller's descriptors) reaches
+            // pasta but the two it is told about.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
             for fd in [net_fd, w_fd] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
