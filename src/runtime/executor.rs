@@ -60,6 +60,9 @@ pub struct ExecPlan {
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
+    /// A pidfd of pysandbox itself: the init leaves at once if pysandbox died before the
+    /// init's parent-death signal was set.
+    pub parent_pidfd: RawFd,
     /// The syscall filter, installed right before the interpreter is forked.
     pub seccomp: crate::seccomp::Policy,
 }
@@ -162,6 +165,19 @@ impl ExecPlan {
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
             "PR_SET_PDEATHSIG",
         )?;
+        // The parent-death signal only fires for a death after it is set: if pysandbox
+        // died before (a SIGKILL during build()), nobody would ever start or kill this
+        // init, blocked on the start signal. Its pidfd says whether it is gone.
+        let mut p = libc::pollfd {
+            fd: self.parent_pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, without waiting.
+        if unsafe { libc::poll(&mut p, 1, 0) } > 0 {
+            // SAFETY: terminating this process.
+            unsafe { libc::_exit(137) };
+        }
         Ok(())
     }
 

@@ -658,6 +658,8 @@ fn launch(
         nix::unistd::setgroups(&[])
             .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
     }
+    let own_pidfd =
+        sys::pidfd_open(std::process::id() as i32).map_err(io_err("watching pysandbox"))?;
     let plan = executor::ExecPlan {
         python: cstring(&image.python)?,
         argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -668,6 +670,7 @@ fn launch(
         loopback: policy.network.private(),
         send_namespaces: pasta.is_some(),
         status_fd: status_w.as_raw_fd(),
+        parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
     };
 
