@@ -380,6 +380,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn network_modes() {
+        assert_eq!(Network::parse("host").unwrap(), Network::Host);
+        assert_eq!(Network::parse("pasta").unwrap(), Network::Pasta);
+        assert_eq!(Network::parse("none").unwrap(), Network::None);
+        assert!(Network::parse("bridge").is_err());
+        assert!(Network::Pasta.private() && Network::None.private());
+        assert!(!Network::Host.private());
+        assert_eq!(
+            RunPolicy::new(Script::Code("pass".into())).network,
+            Network::None
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
