@@ -65,7 +65,9 @@ pub enum NetError {
         step: &'static str,
         source: io::Error,
     },
-    #[error("pasta could not connect the sandbox's network: {0}")]
+    #[error(
+        "pasta could not connect the sandbox's network: {0}. Hint: pasta needs a host interface with an address and a default route (see `ip route`); --network=host shares the host's network instead"
+    )]
     Pasta(String),
 }
 
