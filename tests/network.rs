@@ -26,17 +26,17 @@ use common::*;
 /// Whether the user `who` runs as can use --network here (rootless pasta needs a
 /// /dev/net/tun it may open; root gets a private one from pysandbox).
 fn network_available(who: Who) -> bool {
-    if !available(who) || who == Who::Root {
-        return available(who);
+    if !available(who) {
+        return false;
     }
-    let ok = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["sh", "-c", "test -r /dev/net/tun -a -w /dev/net/tun"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let pasta = std::path::Path::new("/usr/bin/pasta").exists();
-    if ok && pasta {
+    let tun = who == Who::Root
+        || Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", "test -r /dev/net/tun -a -w /dev/net/tun"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if tun && pysandbox::net::pasta_path().is_some() {
         return true;
     }
     let msg = format!(
