@@ -1,6 +1,7 @@
 //! `pysandbox doctor`: checks what this host gives pysandbox (user namespaces, cgroups,
-//! seccomp, overlayfs, pasta for `--network`, the default image) and ends with a real sandbox run. Each problem
-//! comes with the one-line fix. Read-only apart from that final run.
+//! seccomp, overlayfs, pasta for `--network`, the default image) and ends with a real
+//! sandbox run. Each problem comes with the one-line fix. Read-only apart from that final
+//! run.
 
 use std::path::Path;
 
