@@ -334,16 +334,32 @@ fn prepare_output(
 /// Removes the lock files (and, as root, the cgroups) of runs whose pysandbox died.
 fn sweep(locks: &Path) {
     let Ok(rd) = fs::read_dir(locks) else { return };
+    // Whether nobody holds the lock (the descriptor keeps it until dropped).
+    let free = |p: &Path| {
+        fs::OpenOptions::new().write(true).open(p).is_ok_and(|f| {
+            // SAFETY: flock on a live descriptor.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        })
+    };
     for ent in rd.flatten() {
         let name = ent.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+        let Some(n) = name.to_str() else { continue };
+        // A lock whose run was killed before it got its name (take_lock): no cgroup yet.
+        // Not a fresh one, which its run may not have flocked yet.
+        if n.starts_with('.') && n.ends_with(".tmp") {
+            let old = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() >= 10));
+            if old && free(&ent.path()) {
+                let _ = fs::remove_file(ent.path());
+            }
+            continue;
+        }
+        let Some(id) = n.strip_suffix(".lock") else {
             continue;
         };
-        let Ok(f) = fs::OpenOptions::new().write(true).open(ent.path()) else {
-            continue;
-        };
-        // SAFETY: flock on a live descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !free(&ent.path()) {
             continue; // its pysandbox is alive
         }
         if limits::remove_stale_cgroups(id).is_empty() {
