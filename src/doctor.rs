@@ -1,6 +1,7 @@
 //! `pysandbox doctor`: checks what this host gives pysandbox (user namespaces, cgroups,
-//! seccomp, overlayfs, the default image) and ends with a real sandbox run. Each problem
-//! comes with the one-line fix. Read-only apart from that final run.
+//! seccomp, overlayfs, pasta for `--network`, the default image) and ends with a real
+//! sandbox run. Each problem comes with the one-line fix. Read-only apart from that final
+//! run.
 
 use std::path::Path;
 
@@ -239,6 +240,30 @@ fn overlay() -> Check {
     }
 }
 
+/// `--network` needs pasta and a tun device this user may open (as root, pysandbox
+/// makes one for the sandbox); a missing one only disables `--network`.
+fn network() -> Check {
+    let as_root = sys::euid() == 0 && sys::in_initial_userns();
+    match (crate::net::pasta_path(), crate::net::preflight(as_root)) {
+        (Some(p), Ok(_)) => check(
+            "network",
+            Level::Ok,
+            format!(
+                "--network available (pasta at {}); without it, runs have a loopback only",
+                p.display()
+            ),
+            None,
+        ),
+        (None, _) => check(
+            "network",
+            Level::Warn,
+            "pasta is not installed: --network will fail (runs without it are unaffected)",
+            Some("apt-get install passt"),
+        ),
+        (Some(_), Err(e)) => check("network", Level::Warn, e.to_string(), None),
+    }
+}
+
 fn image() -> Check {
     match crate::image::describe_default() {
         Ok(desc) => check("default image", Level::Ok, desc, None),
@@ -258,6 +283,7 @@ pub fn run_checks() -> Vec<Check> {
     out.extend(cgroups());
     out.push(seccomp());
     out.push(overlay());
+    out.push(network());
     out.push(image());
     if out.iter().all(|c| c.level != Level::Fail) {
         let mut p = crate::policy::RunPolicy::new(crate::policy::Script::Code(

@@ -15,6 +15,8 @@ pub enum Error {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Strict(#[from] crate::limits::StrictError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl Error {
@@ -28,6 +30,7 @@ impl Error {
                 | Error::Runtime(
                     R::Host { .. } | R::Container { .. } | R::Stage { .. } | R::NoIdmap { .. }
                 )
+                | Error::Net(crate::net::NetError::Io { .. } | crate::net::NetError::Pasta(_))
         )
     }
 }

@@ -144,6 +144,40 @@ impl Limits {
     }
 }
 
+/// The sandbox's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Its own network namespace with a loopback only: nothing outside is reachable.
+    #[default]
+    None,
+    /// Its own network namespace, connected to the outside by pasta, a user-mode network
+    /// stack (`--network`). The host's loopback services and abstract unix sockets stay
+    /// out of reach.
+    Pasta,
+    /// The host's network namespace (`--network=host`): the script can reach the host's
+    /// loopback services and abstract unix sockets.
+    Host,
+}
+
+impl Network {
+    /// Parses the value of `--network=MODE`.
+    pub fn parse(s: &str) -> Result<Network, PolicyError> {
+        match s {
+            "none" | "off" => Ok(Network::None),
+            "pasta" | "on" => Ok(Network::Pasta),
+            "host" => Ok(Network::Host),
+            _ => Err(PolicyError::Invalid(format!(
+                "--network={s}: expected `host` (share the host's network) or no value (a network of its own)"
+            ))),
+        }
+    }
+
+    /// Whether the sandbox has a network namespace of its own.
+    pub fn private(self) -> bool {
+        self != Network::Host
+    }
+}
+
 /// Everything that defines one run. Build it with [`RunPolicy::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct RunPolicy {
@@ -151,8 +185,8 @@ pub struct RunPolicy {
     pub args: Vec<String>,
     pub image: ImageRef,
     pub limits: Limits,
-    /// Share the host's network instead of a private loopback.
-    pub network: bool,
+    /// The sandbox's network (default: a private loopback only).
+    pub network: Network,
     /// Read-only data folder at `/usr/app/data` (the working directory); `None` = `--no-fs`.
     pub data: Option<PathBuf>,
     /// Writable output folder at `/usr/app/data/output`; `None` = default `DATA/output`.
@@ -183,7 +217,7 @@ impl RunPolicy {
             args: Vec::new(),
             image: ImageRef::Default,
             limits: Limits::default(),
-            network: false,
+            network: Network::None,
             data: None,
             output: None,
             no_fs: false,
@@ -376,6 +410,20 @@ mod tests {
         assert_eq!(l.file_size(), (3 << 30) + (1 << 20));
         l.memory = 16 << 30;
         assert_eq!(l.file_size(), (8 << 30) + (1 << 20));
+    }
+
+    #[test]
+    fn network_modes() {
+        assert_eq!(Network::parse("host").unwrap(), Network::Host);
+        assert_eq!(Network::parse("pasta").unwrap(), Network::Pasta);
+        assert_eq!(Network::parse("none").unwrap(), Network::None);
+        assert!(Network::parse("bridge").is_err());
+        assert!(Network::Pasta.private() && Network::None.private());
+        assert!(!Network::Host.private());
+        assert_eq!(
+            RunPolicy::new(Script::Code("pass".into())).network,
+            Network::None
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::policy::{self, Limits};
+use crate::policy::{self, Limits, Network};
 use crate::report::RunReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,7 @@ pub struct Sandbox {
     helper: PathBuf,
     image: Option<PathBuf>,
     limits: Limits,
-    network: bool,
+    network: Network,
     strict_limits: bool,
     seccomp_log: bool,
 }
@@ -127,7 +127,7 @@ impl Sandbox {
             helper: helper.into(),
             image: None,
             limits: Limits::default(),
-            network: false,
+            network: Network::None,
             strict_limits: false,
             seccomp_log: false,
         }
@@ -161,8 +161,10 @@ impl Sandbox {
         self.limits.output_folder = bytes;
         self
     }
-    pub fn network(mut self, on: bool) -> Self {
-        self.network = on;
+    /// The runs' network: [`Network::Pasta`] for a network of their own that cannot
+    /// reach the host's loopback services; [`Network::Host`] shares the host's.
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
         self
     }
     pub fn strict_limits(mut self, on: bool) -> Self {
@@ -189,8 +191,16 @@ impl Sandbox {
         if let Some(img) = &self.image {
             c.arg("--image").arg(img);
         }
+        match self.network {
+            Network::None => {}
+            Network::Pasta => {
+                c.arg("--network");
+            }
+            Network::Host => {
+                c.arg("--network=host");
+            }
+        }
         for (flag, on) in [
-            ("--network", self.network),
             ("--strict-limits", self.strict_limits),
             ("--seccomp-log", self.seccomp_log),
         ] {

@@ -190,6 +190,68 @@ each_mode!(image_build_from_an_environment_file, |who| {
     assert!(stderr(&o).contains("2.7"), "{}", stderr(&o));
 });
 
+each_mode!(image_build_ships_services_and_protocols, |who| {
+    // Every image pysandbox builds resolves service and protocol names: a base without
+    // netbase's files gets them in a layer of their own.
+    if no_index() {
+        return;
+    }
+    let dir = workdir(who);
+    let layout = dir.path().join("bare-layout");
+    let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
+    let rootfs = dir.path().join("bare-rootfs");
+    rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
+    for f in ["etc/services", "etc/protocols"] {
+        std::fs::remove_file(rootfs.join(f)).unwrap();
+    }
+    let l = rootfs_builder::oci::Layout::create(&layout).unwrap();
+    let layer = l
+        .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
+        .unwrap();
+    l.finish(&[layer], &Default::default(), "bare:1").unwrap();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status();
+    let o = with_store(
+        who,
+        dir.path(),
+        &["image", "import", layout.to_str().unwrap(), "-t", "bare"],
+    );
+    assert_code(&o, 0, "image import");
+    let code = "import socket\nprint(socket.getservbyname('http'), socket.getprotobyname('tcp'))";
+    let o = with_store(
+        who,
+        dir.path(),
+        &["run", "--image", "bare:1", "--code", code],
+    );
+    assert_code(&o, 1, "the base has no /etc/services");
+    put(
+        dir.path(),
+        "svc.yaml",
+        "dependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - six==1.17.0\n",
+    );
+    let o = with_store(
+        who,
+        dir.path(),
+        &["image", "build", "--base", "bare:1", "svc.yaml"],
+    );
+    assert_code(&o, 0, "image build --base");
+    let o = with_store(who, dir.path(), &["run", "--image", "svc", "--code", code]);
+    assert_code(&o, 0, "run the built image");
+    assert_eq!(stdout(&o), "80 6\n");
+    // On the default base (which has them), no extra layer.
+    let o = with_store(
+        who,
+        dir.path(),
+        &["image", "build", "-t", "svc2", "svc.yaml"],
+    );
+    assert_code(&o, 0, "image build");
+    let o = with_store(who, dir.path(), &["run", "--image", "svc2", "--code", code]);
+    assert_eq!(stdout(&o), "80 6\n");
+});
+
 /// An OCI layout of the python root file system plus a layer holding a virtual
 /// environment at /opt/venv (a package only it has) and /opt/extra (a module only
 /// PYTHONPATH reaches), named by the image config's Env the way app images do.
@@ -247,26 +309,6 @@ each_mode!(image_config_env_is_honoured, |who| {
     let dir = workdir(who);
     let layout = dir.path().join("venv-layout");
     venv_layout(&layout);
-each_mode!(image_build_ships_services_and_protocols, |who| {
-    // Every image pysandbox builds resolves service and protocol names: a base without
-    // netbase's files gets them in a layer of their own.
-    if no_index() {
-        return;
-    }
-    let dir = workdir(who);
-    let layout = dir.path().join("bare-layout");
-    let host = rootfs_builder::probe_python(Path::new("/usr/bin/python3")).unwrap();
-    let rootfs = dir.path().join("bare-rootfs");
-    rootfs_builder::build_rootfs(&host, &rootfs).unwrap();
-    for f in ["etc/services", "etc/protocols"] {
-        std::fs::remove_file(rootfs.join(f)).unwrap();
-    }
-    let l = rootfs_builder::oci::Layout::create(&layout).unwrap();
-    let layer = l
-        .put_layer(&rootfs, "", rootfs_builder::layer::Source::Tree)
-        .unwrap();
-    l.finish(&[layer], &Default::default(), "bare:1").unwrap();
-    std::fs::remove_dir_all(&rootfs).unwrap();
     let _ = std::process::Command::new("chmod")
         .args(["-R", "a+rX"])
         .arg(&layout)
@@ -307,40 +349,4 @@ each_mode!(image_build_ships_services_and_protocols, |who| {
         "/usr/bin\n",
         "the user's -e wins over the image"
     );
-    let o = with_store(
-        who,
-        dir.path(),
-        &["image", "import", layout.to_str().unwrap(), "-t", "bare"],
-    );
-    assert_code(&o, 0, "image import");
-    let code = "import socket\nprint(socket.getservbyname('http'), socket.getprotobyname('tcp'))";
-    let o = with_store(
-        who,
-        dir.path(),
-        &["run", "--image", "bare:1", "--code", code],
-    );
-    assert_code(&o, 1, "the base has no /etc/services");
-    put(
-        dir.path(),
-        "svc.yaml",
-        "dependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - six==1.17.0\n",
-    );
-    let o = with_store(
-        who,
-        dir.path(),
-        &["image", "build", "--base", "bare:1", "svc.yaml"],
-    );
-    assert_code(&o, 0, "image build --base");
-    let o = with_store(who, dir.path(), &["run", "--image", "svc", "--code", code]);
-    assert_code(&o, 0, "run the built image");
-    assert_eq!(stdout(&o), "80 6\n");
-    // On the default base (which has them), no extra layer.
-    let o = with_store(
-        who,
-        dir.path(),
-        &["image", "build", "-t", "svc2", "svc.yaml"],
-    );
-    assert_code(&o, 0, "image build");
-    let o = with_store(who, dir.path(), &["run", "--image", "svc2", "--code", code]);
-    assert_eq!(stdout(&o), "80 6\n");
 });

@@ -615,3 +615,40 @@ fn read_only_data_folder_runs_without_output() {
     assert!(stderr(&o).contains("no output folder"), "{}", stderr(&o));
     assert!(!dir.path().join("output").exists());
 }
+
+/// A pysandbox killed between creating its lock file and naming it leaves `.ID.tmp`:
+/// the next run removes it once it is unlocked and a few seconds old, not before.
+#[test]
+fn stale_unnamed_lock_is_swept() {
+    if !available(Who::Root) {
+        return;
+    }
+    let locks = std::path::Path::new("/run/pysandbox/locks");
+    std::fs::create_dir_all(locks).unwrap();
+    let old = locks.join(format!(".{}.tmp", unique("ps-test-old")));
+    let fresh = locks.join(format!(".{}.tmp", unique("ps-test-fresh")));
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _guard = Remove(vec![old.clone(), fresh.clone()]);
+    for p in [&old, &fresh] {
+        std::fs::write(p, b"").unwrap();
+    }
+    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(a_minute_ago)
+        .unwrap();
+    let dir = workdir(Who::Root);
+    let o = run_in(Who::Root, dir.path(), &["run", "--code", "pass"], b"");
+    assert_code(&o, 0, "run");
+    assert!(!old.exists(), "a stale unnamed lock was not swept");
+    assert!(fresh.exists(), "a fresh unnamed lock was swept");
+}

@@ -79,9 +79,18 @@ struct RunArgs {
     /// streams through; they are captured into the report.
     #[arg(long)]
     json: bool,
-    /// Share the host's network (default: a private loopback only).
-    #[arg(long)]
-    network: bool,
+    /// Network for the script (default: a private loopback only). `--network`: a network
+    /// namespace of its own, connected to the outside by pasta (user-mode, rootless); the
+    /// host's loopback services and abstract unix sockets stay unreachable.
+    /// `--network=host`: share the host's network, loopback services included.
+    #[arg(
+        long,
+        value_name = "host",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "pasta"
+    )]
+    network: Option<String>,
     /// Read-only data folder, the script's working directory (default: the current folder).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -194,7 +203,10 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.strict_limits = a.strict_limits;
     p.capture = a.json;
     p.conda_layer = a.conda_layer;
-    p.network = a.network;
+    p.network = match a.network.as_deref() {
+        None => policy::Network::None,
+        Some(m) => policy::Network::parse(m)?,
+    };
     p.seccomp_log = a.seccomp_log;
     p.data = a.data;
     p.output = a.output;
@@ -236,6 +248,13 @@ fn run(a: RunArgs) -> Result<i32> {
         eprintln!("pysandbox: warning: {w}");
     }
     if json {
+        // The report carries it too; stderr is pysandbox's own channel here.
+        if policy.network == policy::Network::Host {
+            eprintln!(
+                "pysandbox: warning: {}",
+                pysandbox::runtime::HOST_NETWORK_WARNING
+            );
+        }
         println!("{}", serde_json::to_string(&report)?);
         return Ok(report.cli_exit_code());
     }

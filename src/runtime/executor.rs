@@ -6,7 +6,9 @@
 //! step that can fail for a host reason happens there:
 //!   1. scrub pysandbox's argv/environment from this process's memory (they would show
 //!      in `/proc/1/cmdline`);
-//!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this);
+//!   2. bring `lo` up (with CAP_NET_ADMIN, which the spec left us for this); with
+//!      `--network`, send pysandbox this init's network and pid namespaces (SCM_RIGHTS
+//!      on the status socket) so it can attach pasta before the start;
 //!   3. enter a nested user namespace mapping `mambauser` (1000) to the container's root,
 //!      so the script is not root even inside (mapping the parent's uid 0 needs the
 //!      CAP_SETFCAP the spec left us); drop the bounding set, lock securebits, clear every
@@ -50,9 +52,17 @@ pub struct ExecPlan {
     pub envp: Vec<CString>,
     /// Bring the loopback interface up (private network namespace).
     pub loopback: bool,
+    /// Send pysandbox this init's network and pid namespaces (`netns`/`pidns` lines with
+    /// a descriptor each), for the user-mode network it attaches before the start. The
+    /// init is not dumpable, so pysandbox could not open them through /proc as an
+    /// ordinary user.
+    pub send_namespaces: bool,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
+    /// A pidfd of pysandbox itself: the init leaves at once if pysandbox died before the
+    /// init's parent-death signal was set.
+    pub parent_pidfd: RawFd,
     /// The syscall filter, installed right before the interpreter is forked.
     pub seccomp: crate::seccomp::Policy,
 }
@@ -130,6 +140,22 @@ impl ExecPlan {
         if self.loopback {
             loopback_up()?;
         }
+        if self.send_namespaces {
+            for (tag, path) in [
+                (&b"netns 0\n"[..], c"/proc/self/ns/net"),
+                (&b"pidns 0\n"[..], c"/proc/self/ns/pid"),
+            ] {
+                // SAFETY: open of a NUL-terminated path; the result is owned below.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(err("opening the sandbox's namespaces"));
+                }
+                // SAFETY: a fresh descriptor, owned (and closed) here.
+                let fd =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                crate::sys::send_fd(self.status_fd, tag, &fd);
+            }
+        }
         self.enter_unprivileged_userns()?;
         drop_all_capabilities()?;
         // Set after the last credential change (which clears it): when pysandbox dies,
@@ -139,6 +165,19 @@ impl ExecPlan {
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
             "PR_SET_PDEATHSIG",
         )?;
+        // The parent-death signal only fires for a death after it is set: if pysandbox
+        // died before (a SIGKILL during build()), nobody would ever start or kill this
+        // init, blocked on the start signal. Its pidfd says whether it is gone.
+        let mut p = libc::pollfd {
+            fd: self.parent_pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, without waiting.
+        if unsafe { libc::poll(&mut p, 1, 0) } > 0 {
+            // SAFETY: terminating this process.
+            unsafe { libc::_exit(137) };
+        }
         Ok(())
     }
 

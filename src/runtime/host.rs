@@ -308,7 +308,9 @@ pub fn userns_fd(ids: HostIds) -> Result<OwnedFd, RuntimeError> {
     }
     // SAFETY: fresh descriptors.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: single-threaded; the child only calls unshare/write/read/_exit.
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: single-threaded; the child only calls unshare/prctl/getppid/write/pause.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(err(io::Error::last_os_error()));
@@ -321,6 +323,13 @@ pub fn userns_fd(ids: HostIds) -> Result<OwnedFd, RuntimeError> {
             } else {
                 0
             };
+            // Die with pysandbox, even when it is killed before it kills us (set after
+            // the unshare, a credential change that clears it; then check it was not
+            // too late).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
             libc::write(w.as_raw_fd(), (&ok as *const u8).cast(), 1);
             // Stay alive until the parent has opened our namespace and kills us.
             loop {

@@ -1,7 +1,8 @@
 //! The only module that talks to libcontainer: prepares one run (host inputs, private
-//! namespaces, staged mounts, spec, pipes), creates and starts the container with the
-//! sandbox executor, supervises it, and cleans up. Also sweeps what a killed pysandbox
-//! left behind.
+//! namespaces, staged mounts, spec, pipes), creates the container with the sandbox
+//! executor, attaches the user-mode network of `--network` (`net/`, given the init's
+//! namespaces) while the init waits, starts it, supervises it, and cleans up. Also
+//! sweeps what a killed pysandbox left behind.
 //!
 //! Must be called from a single-threaded process: libcontainer forks with raw `clone3`
 //! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
@@ -32,7 +33,7 @@ pub use host::{MIN_KERNEL, Mode};
 use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
-use crate::policy::{KILL_GRACE, RunPolicy, Script, StdinSource};
+use crate::policy::{KILL_GRACE, Network, RunPolicy, Script, StdinSource};
 use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
 use crate::spec::{self, Bind, SpecInput};
 use crate::sys;
@@ -89,6 +90,9 @@ fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
 fn lc_err(step: &'static str) -> impl FnOnce(LibcontainerError) -> RuntimeError {
     move |source| RuntimeError::Container { step, source }
 }
+
+/// Said in every report of a `--network=host` run.
+pub const HOST_NETWORK_WARNING: &str = "--network=host: the script shares the host's network, so it can reach the host's loopback services (127.0.0.1, ::1) and abstract unix sockets; use --network for a network of its own";
 
 /// The environment every script starts with (nothing of the caller's leaks in).
 pub const BASE_ENV: &[(&str, &str)] = &[
@@ -360,15 +364,32 @@ fn prepare_output(
 /// Removes the lock files (and, as root, the cgroups) of runs whose pysandbox died.
 fn sweep(locks: &Path) {
     let Ok(rd) = fs::read_dir(locks) else { return };
+    // Whether nobody holds the lock (the descriptor keeps it until dropped).
+    let free = |p: &Path| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .is_ok_and(|f| sys::lock::flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok())
+    };
     for ent in rd.flatten() {
         let name = ent.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+        let Some(n) = name.to_str() else { continue };
+        // A lock whose run was killed before it got its name (take_lock): no cgroup yet.
+        // Not a fresh one, which its run may not have flocked yet.
+        if n.starts_with('.') && n.ends_with(".tmp") {
+            let old = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() >= 10));
+            if old && free(&ent.path()) {
+                let _ = fs::remove_file(ent.path());
+            }
+            continue;
+        }
+        let Some(id) = n.strip_suffix(".lock") else {
             continue;
         };
-        let Ok(f) = fs::OpenOptions::new().write(true).open(ent.path()) else {
-            continue;
-        };
-        if sys::lock::flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        if !free(&ent.path()) {
             continue; // its pysandbox is alive
         }
         if limits::remove_stale_cgroups(id).is_empty() {
@@ -408,6 +429,11 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     host::check_kernel()?;
     let mode = Mode::detect()?;
     mark("start");
+    // A network that cannot be set up is refused before anything exists.
+    let pasta = match policy.network {
+        Network::Pasta => Some(crate::net::preflight(mode.is_root())?),
+        Network::None | Network::Host => None,
+    };
     // Inputs first: a typo in a path fails at once, before any image is built.
     let mut created = Vec::new();
     let result = Inputs::gather(policy, mode, &mut created)
@@ -415,7 +441,7 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
         .and_then(|inputs| {
             let image = image::resolve(&policy.image)?;
             mark("image resolved");
-            run_prepared(policy, mode, &inputs, &image)
+            run_prepared(policy, mode, &inputs, &image, pasta.as_deref())
         });
     // Folders pysandbox created: a mount point for --output is never kept; an output
     // folder only if the sandbox ran (nothing half-made is left by a failed start).
@@ -432,6 +458,7 @@ fn run_prepared(
     mode: Mode,
     inputs: &Inputs,
     image: &ResolvedImage,
+    pasta: Option<&Path>,
 ) -> Result<RunReport, crate::Error> {
     let rt = dirs::runtime_dir(mode.is_root())?;
     let locks = rt.join("locks");
@@ -454,7 +481,7 @@ fn run_prepared(
     if policy.strict_limits {
         limits::check_strict(&policy.limits, cgroups)?;
     }
-    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups);
+    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups, pasta);
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -476,6 +503,7 @@ fn launch(
     mnt: &Path,
     id: &str,
     cgroups: CgroupSupport,
+    pasta: Option<&Path>,
 ) -> Result<RunReport, crate::Error> {
     let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
@@ -596,15 +624,23 @@ fn launch(
             writable: true,
         });
     }
-    if policy.network
+    // Name resolution: the host's resolv.conf with the host's network; with pasta, one
+    // naming pasta's DNS forwarder (the host's resolvers may be loopback addresses,
+    // which are the sandbox's own loopback there).
+    if policy.network != Network::None
         && rootfs.join("etc/resolv.conf").is_file()
         && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
             .ok()
             .filter(|p| p.is_file())
     {
         let t = bundle.join("resolv.conf");
-        fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
-        stage.file(&host_resolv, &t)?;
+        if policy.network == Network::Pasta {
+            let host = fs::read_to_string(&host_resolv).unwrap_or_default();
+            fs::write(&t, crate::net::resolv_conf(&host)).map_err(io_err("staging resolv.conf"))?;
+        } else {
+            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
+            stage.file(&host_resolv, &t)?;
+        }
         binds.push(Bind {
             source: t,
             dest: "/etc/resolv.conf",
@@ -629,7 +665,7 @@ fn launch(
         argv: argv.clone(),
         env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         binds,
-        host_network: policy.network,
+        host_network: !policy.network.private(),
         userns: match mode {
             Mode::Root { sandbox, .. } => Some(sandbox),
             Mode::Rootless => None,
@@ -642,7 +678,7 @@ fn launch(
         ),
         limit_kernel_tcp: matches!(cgroups, CgroupSupport::V1 { .. }),
         limits: policy.limits.clone(),
-        rlimits: rlimits.clone(),
+        rlimits: with_pasta_slot(&rlimits, pasta.is_some()),
     })?;
     mark("staged");
     spec.save(bundle.join("config.json"))
@@ -664,6 +700,8 @@ fn launch(
         nix::unistd::setgroups(&[])
             .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
     }
+    let own_pidfd =
+        sys::pidfd_open(std::process::id() as i32).map_err(io_err("watching pysandbox"))?;
     let plan = executor::ExecPlan {
         python: cstring(&image.python)?,
         argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -671,8 +709,10 @@ fn launch(
             .iter()
             .map(|(k, v)| cstring(&format!("{k}={v}")))
             .collect::<Result<_, _>>()?,
-        loopback: !policy.network,
+        loopback: policy.network.private(),
+        send_namespaces: pasta.is_some(),
         status_fd: status_w.as_raw_fd(),
+        parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
     };
 
@@ -707,6 +747,28 @@ fn launch(
 
     mark("container built");
     let guard = pidfd.try_clone().map_err(io_err("watching the sandbox"))?;
+    // The network, while the init waits for the start signal: the script never runs
+    // unconnected. On failure the sandbox is killed, and pasta (in its pid namespace)
+    // with it.
+    if let Some(pasta) = pasta {
+        let started = receive_namespaces(&status_r).and_then(|(netns, pidns)| {
+            let target = crate::net::Target {
+                netns,
+                pidns,
+                run_dir: &mnt.join("net"),
+                sandbox_ids: match mode {
+                    Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+                    Mode::Rootless => None,
+                },
+            };
+            crate::net::start(pasta, &target).map_err(crate::Error::from)
+        });
+        if let Err(e) = started {
+            supervise::kill_and_reap(&guard, init_pid);
+            return Err(e);
+        }
+        mark("network up");
+    }
     let supervised = match container.start() {
         Ok(()) => supervise::Supervisor {
             init_pid,
@@ -775,6 +837,9 @@ fn launch(
             .into_iter()
             .map(|w| format!("a kernel budget of the sandbox is not capped: {w}")),
     );
+    if policy.network == Network::Host {
+        report.warnings.push(HOST_NETWORK_WARNING.into());
+    }
     if report.signal == Some(libc::SIGSYS) {
         report.warnings.push(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
@@ -803,6 +868,50 @@ fn launch(
         ));
     }
     Ok(report)
+}
+
+/// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC
+/// counts it: one more process, so that the script keeps the --pids it was given.
+fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
+    let mut out = rlimits.to_vec();
+    if pasta {
+        let (_, inherited_hard) = sys::getrlimit(libc::RLIMIT_NPROC);
+        for r in out
+            .iter_mut()
+            .filter(|r| r.kind == libcontainer::oci_spec::runtime::PosixRlimitType::RlimitNproc)
+        {
+            r.hard = r.hard.saturating_add(1).min(inherited_hard);
+            r.soft = r.soft.saturating_add(1).min(r.hard);
+        }
+    }
+    out
+}
+
+/// The init's network and pid namespaces, sent by the executor before `build()` returned.
+fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
+    let get = |tag: &[u8]| {
+        // Already sent, before build() returned: never wait long for it.
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(status),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
+            return Err(io_err("receiving the sandbox's namespaces")(
+                io::Error::from(io::ErrorKind::TimedOut),
+            ));
+        }
+        let mut buf = [0u8; 16];
+        match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
+            Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
+            Ok(_) => Err(io_err("receiving the sandbox's namespaces")(
+                io::Error::other("the sandbox's init did not send them"),
+            )),
+            Err(e) => Err(io_err("receiving the sandbox's namespaces")(e)),
+        }
+    };
+    let net = get(b"netns 0\n")?;
+    let pid = get(b"pidns 0\n")?;
+    Ok((net, pid))
 }
 
 /// The report from what supervision saw, what the init reported, whether the cgroup saw

@@ -59,7 +59,8 @@ pub struct SpecInput {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub binds: Vec<Bind>,
-    /// Share the host network namespace (`--network`).
+    /// Share the host network namespace (`--network=host`); otherwise the sandbox has
+    /// its own (loopback only, or connected by pasta with `--network`).
     pub host_network: bool,
     /// `Some` when pysandbox runs as real root: libcontainer creates the user namespace.
     /// `None` when pysandbox already entered its own user namespace (rootless).

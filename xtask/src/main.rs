@@ -193,6 +193,12 @@ fn bench(args: &[String]) -> Result<()> {
             run.clone(),
             &data,
         ));
+        // --network adds pasta's start (the sandbox's own user-mode network).
+        if code.is_none() && which("pasta").is_some() {
+            let mut net = vec![ps.clone(), "run".into(), "--network".into()];
+            net.extend(s(&["--code", "pass"]));
+            cases.push(Case::new("pysandbox run --network -c pass", net, &data));
+        }
         // As root, also the rootless path, as an ordinary user would run it (the setpriv
         // wrapper costs both rows the same).
         // SAFETY: geteuid cannot fail.
