@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 each_mode!(exit_status_and_streams, |who| {
@@ -652,3 +652,50 @@ fn stale_unnamed_lock_is_swept() {
     assert!(!old.exists(), "a stale unnamed lock was not swept");
     assert!(fresh.exists(), "a fresh unnamed lock was swept");
 }
+
+each_mode!(
+    output_elsewhere_needs_nothing_made_in_the_data_folder,
+    |who| {
+        // A data folder the caller cannot write to (owned by root, 0755), and --output in a
+        // folder of the caller's: the sandbox shows output/ inside the data folder without a
+        // mount point being made on the host.
+        let data = tempfile::Builder::new()
+            .prefix("pysandbox-ro-data-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(data.path().join("in.txt"), "data").unwrap();
+        std::fs::set_permissions(
+            data.path().join("in.txt"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let work = workdir(who);
+        let out = work.path().join("results");
+        put(
+            work.path(),
+            "t.py",
+            "import os\nprint(os.getcwd(), open('in.txt').read())\nopen('output/r.txt', 'w').write('ok')\n",
+        );
+        let o = run_in(
+            who,
+            work.path(),
+            &[
+                "run",
+                "--data",
+                data.path().to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "t.py",
+            ],
+            b"",
+        );
+        assert_code(&o, 0, "--output elsewhere");
+        assert_eq!(stdout(&o), "/usr/app/data data\n");
+        assert_eq!(std::fs::read_to_string(out.join("r.txt")).unwrap(), "ok");
+        assert!(
+            !data.path().join("output").exists(),
+            "a mount point was made"
+        );
+    }
+);

@@ -383,21 +383,45 @@ impl Staging<'_> {
         src: &Path,
         target: &Path,
         idmapped: bool,
+        mount_point: Option<&str>,
     ) -> Result<Option<String>, RuntimeError> {
         let name = target.file_name().unwrap_or_default().to_string_lossy();
         let lower = target.with_file_name(format!(".{name}.lower"));
         mkdir(&lower, 0o755)?;
         self.dir(src, &lower, false, idmapped)?;
-        let empty = self.base.join(".empty");
-        match fs::DirBuilder::new().mode(0o555).create(&empty) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(host_err("creating a staging directory", "")(e)),
-        }
-        // Overlay needs two layers when there is no upper one: the second is empty.
-        match mount_overlay(self.base, &[&lower, &empty], None, target, self.rootless) {
+        // Overlay needs two layers when there is no upper one. The second one holds the
+        // folder another mount goes on (`output/` for --output elsewhere), so the host
+        // folder never needs one made in it; otherwise it is empty.
+        let second = match mount_point {
+            Some(m) => {
+                let extra = target.with_file_name(format!(".{name}.extra"));
+                mkdir(&extra, 0o755)?;
+                mkdir(&extra.join(m), 0o755)?;
+                extra
+            }
+            None => {
+                let empty = self.base.join(".empty");
+                match fs::DirBuilder::new().mode(0o555).create(&empty) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(host_err("creating a staging directory", "")(e)),
+                }
+                empty
+            }
+        };
+        match mount_overlay(self.base, &[&lower, &second], None, target, self.rootless) {
             Ok(()) => Ok(None),
             Err(e) => {
+                if let Some(m) = mount_point
+                    && !src.join(m).is_dir()
+                {
+                    return Err(RuntimeError::Stage {
+                        path: src.join(m),
+                        source: io::Error::other(format!(
+                            "no folder to mount the output folder on, and none can be shown: {e}"
+                        )),
+                    });
+                }
                 self.dir(src, target, false, idmapped)?;
                 Ok(Some(format!(
                     "{} is shared as a read-only bind mount, not an overlay ({e}): the script can take locks on its files that host processes see",

@@ -157,11 +157,12 @@ fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf, RuntimeError> {
 }
 
 impl Inputs {
-    /// `created` collects the folders made here, with whether they may stay after a run.
+    /// `created` collects the output folder if it is made here (removed again if the run
+    /// does not start).
     fn gather(
         p: &RunPolicy,
         mode: Mode,
-        created: &mut Vec<(PathBuf, bool)>,
+        created: &mut Vec<PathBuf>,
     ) -> Result<Inputs, RuntimeError> {
         let mut inp = Inputs {
             src_dir: None,
@@ -267,15 +268,8 @@ impl Inputs {
                             default_out.display()
                         )));
                     }
-                    Err(_) => {
-                        fs::create_dir(&default_out).map_err(|e| {
-                            input_err(format!(
-                                "cannot create the mount point {}: {e}",
-                                default_out.display()
-                            ))
-                        })?;
-                        created.push((default_out, false));
-                    }
+                    // The sandbox's view of the data folder provides the mount point.
+                    Err(_) => {}
                 }
             }
             inp.data = Some(data);
@@ -325,7 +319,7 @@ fn prepare_output(
     out: &Path,
     explicit: bool,
     mode: Mode,
-    created: &mut Vec<(PathBuf, bool)>,
+    created: &mut Vec<PathBuf>,
 ) -> Result<PathBuf, RuntimeError> {
     match fs::symlink_metadata(out) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -350,7 +344,7 @@ fn prepare_output(
                     out.display()
                 ))
             })?;
-            created.push((out.to_owned(), true));
+            created.push(out.to_owned());
             if let Mode::Root { caller, .. } = mode
                 && caller.uid != 0
             {
@@ -443,10 +437,10 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
             mark("image resolved");
             run_prepared(policy, mode, &inputs, &image, pasta.as_deref())
         });
-    // Folders pysandbox created: a mount point for --output is never kept; an output
-    // folder only if the sandbox ran (nothing half-made is left by a failed start).
-    for (dir, keep_if_ran) in created.iter().rev() {
-        if !(*keep_if_ran && result.is_ok()) {
+    // The output folder pysandbox created stays only if the sandbox ran (nothing
+    // half-made is left by a failed start).
+    if result.is_err() {
+        for dir in created.iter().rev() {
             let _ = fs::remove_dir(dir); // only if still empty
         }
     }
@@ -545,13 +539,13 @@ fn launch(
 
     let rootfs = bundle.join("rootfs");
     host::mkdir(&rootfs, 0o755)?;
-    warnings.extend(stage.read_only_view(&image.rootfs, &rootfs, false)?);
+    warnings.extend(stage.read_only_view(&image.rootfs, &rootfs, false, None)?);
 
     let mut binds = Vec::new();
     if let Some(src) = &inputs.src_dir {
         let t = bundle.join("src");
         host::mkdir(&t, 0o755)?;
-        warnings.extend(stage.read_only_view(src, &t, true)?);
+        warnings.extend(stage.read_only_view(src, &t, true, None)?);
         binds.push(Bind {
             source: t,
             dest: spec::SRC_DIR,
@@ -570,7 +564,9 @@ fn launch(
     if let Some(data) = &inputs.data {
         let t = bundle.join("data");
         host::mkdir(&t, 0o755)?;
-        warnings.extend(stage.read_only_view(data, &t, true)?);
+        // With --output elsewhere, the data folder may have no output/ to mount it on.
+        let mount_point = inputs.output.is_some().then_some("output");
+        warnings.extend(stage.read_only_view(data, &t, true, mount_point)?);
         binds.push(Bind {
             source: t,
             dest: spec::DATA_DIR,
