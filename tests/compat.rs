@@ -20,17 +20,9 @@ const HOST_PYTHON: &str = "/usr/bin/python3";
 fn bare(body: &str) -> Output {
     let dir = workdir(Who::User);
     put(dir.path(), "t.py", body);
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "env",
-            "-i",
-            "PATH=/usr/local/bin:/usr/bin:/bin",
-            "LANG=C.UTF-8",
-        ])
-        .arg(format!("HOME={}", user_home().display()))
+    let prefix = as_nobody();
+    Command::new(&prefix[0])
+        .args(&prefix[1..])
         .args([HOST_PYTHON, "-I", "t.py"])
         .current_dir(dir.path())
         .output()

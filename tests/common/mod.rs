@@ -150,25 +150,31 @@ pub fn host_uid(who: Who) -> u32 {
     }
 }
 
+/// The argv prefix that runs a program as uid/gid 65534, with no groups and a scrubbed
+/// environment (HOME the shared test home).
+pub fn as_nobody() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        "-i",
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "LANG=C.UTF-8",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.push(format!("HOME={}", user_home().display()));
+    v
+}
+
 /// The command that runs pysandbox as `who`, in `dir`, with `args`.
 pub fn command(who: Who, dir: &Path, args: &[&str]) -> Command {
     let bin = bin().to_str().unwrap();
     let mut prefix: Vec<String> = Vec::new();
     if matches!(who, Who::User | Who::UserInUserns) {
-        prefix.extend(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "env",
-                "-i",
-                "PATH=/usr/local/bin:/usr/bin:/bin",
-                "LANG=C.UTF-8",
-            ]
-            .map(String::from),
-        );
-        prefix.push(format!("HOME={}", user_home().display()));
+        prefix.extend(as_nobody());
     }
     if matches!(who, Who::UserInUserns | Who::RootInUserns) {
         prefix.extend(["unshare", "--user", "--map-root-user", "--mount"].map(String::from));
