@@ -6,6 +6,10 @@
 //! round-robin so drift hits all of them alike; the table shows medians and ratios to the
 //! floor. Benchmarks live here, never as timed assertions in tests.
 //!
+//! `cargo xtask bench --phases [--runs N]` prints where one cold run's time goes instead:
+//! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
+//! root and as uid 65534.
+//!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
 //! `compat.rs`).
@@ -98,10 +102,12 @@ impl Case {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let runs: usize = match args {
+    let phases_only = args.iter().any(|a| a == "--phases");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--phases").cloned().collect();
+    let runs: usize = match args.as_slice() {
         [flag, n] if flag == "--runs" => n.parse().context("--runs N")?,
         [] => 30,
-        _ => bail!("usage: cargo xtask bench [--runs N]"),
+        _ => bail!("usage: cargo xtask bench [--phases] [--runs N]"),
     };
     let root = workspace_root();
     eprintln!("building pysandbox and rootfs-builder (release)...");
@@ -147,6 +153,9 @@ fn bench(args: &[String]) -> Result<()> {
         .current_dir(&data))?;
 
     let hp = host_python.to_string_lossy().into_owned();
+    if phases_only {
+        return phases(&pysandbox, &tmp, &data, runs);
+    }
     // The unprivileged user's rows run Debian's python3, which its default image holds.
     let hp_user = "/usr/bin/python3".to_string();
     let user_home = tmp.join("home");
@@ -484,4 +493,99 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `bench --phases`: the median duration of each phase pysandbox logs for one cold run of
+/// `--code pass`, over `runs` runs, as this user and (as root) as uid 65534.
+fn phases(pysandbox: &Path, tmp: &Path, data: &Path, runs: usize) -> Result<()> {
+    let home = tmp.join("phases-home");
+    std::fs::create_dir_all(&home)?;
+    let mut who: Vec<(&str, Vec<String>)> = vec![("this user", Vec::new())];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534))?;
+        std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        who[0].0 = "root";
+        let mut wrap: Vec<String> = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "-i",
+            "PATH=/usr/bin:/bin",
+        ]
+        .map(String::from)
+        .to_vec();
+        wrap.push(format!("HOME={}", home.display()));
+        who.push(("uid 65534", wrap));
+    }
+    for (name, wrap) in who {
+        let mut order: Vec<String> = Vec::new();
+        let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
+        let mut total = Vec::new();
+        for i in 0..=runs {
+            let mut argv = wrap.clone();
+            argv.push(pysandbox.to_string_lossy().into_owned());
+            argv.extend(
+                [
+                    "run",
+                    "--no-fs",
+                    "--log-level",
+                    "pysandbox::timing=debug",
+                    "--code",
+                    "pass",
+                ]
+                .map(String::from),
+            );
+            let t = Instant::now();
+            let out = Command::new(&argv[0])
+                .args(&argv[1..])
+                .current_dir(data)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running {argv:?}"))?;
+            let wall = t.elapsed().as_secs_f64() * 1000.0;
+            if !out.status.success() {
+                bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            if i == 0 {
+                continue; // warm-up (the default image may be built)
+            }
+            total.push(wall);
+            let mut prev = 0.0;
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                let Some(rest) = line.split("pysandbox::timing: ").nth(1) else {
+                    continue;
+                };
+                let Some((phase, us)) = rest.rsplit_once(": ") else {
+                    continue;
+                };
+                let Ok(us) = us.trim_end_matches(" us").parse::<f64>() else {
+                    continue;
+                };
+                if !order.iter().any(|p| p == phase) {
+                    order.push(phase.to_string());
+                }
+                samples
+                    .entry(phase.to_string())
+                    .or_default()
+                    .push((us - prev) / 1000.0);
+                prev = us;
+            }
+        }
+        println!("\n{name}: median of {runs} runs of `pysandbox run --no-fs --code pass` (ms)\n");
+        println!("| phase (ends at) | median ms |\n|---|---:|");
+        for p in &order {
+            let mut v = samples[p].clone();
+            v.sort_by(|a, b| a.total_cmp(b));
+            println!("| {p} | {:.2} |", v[v.len() / 2]);
+        }
+        total.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| whole command (wall, incl. exec and exit) | {:.2} |",
+            total[total.len() / 2]
+        );
+    }
+    Ok(())
 }
