@@ -10,14 +10,17 @@
 mod capture;
 mod executor;
 mod host;
+mod inputs;
+mod locks;
+mod outcome;
 mod output;
 mod supervise;
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,11 +36,14 @@ pub use host::{MIN_KERNEL, Mode};
 use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
-use crate::policy::{KILL_GRACE, Network, RunPolicy, Script, StdinSource};
-use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
+use crate::policy::{KILL_GRACE, Network, RunPolicy, Script};
+use crate::report::RunReport;
 use crate::spec::{self, Bind, SpecInput};
 use crate::sys;
 use capture::Capped;
+use inputs::{Inputs, input_err};
+use locks::{sweep, take_lock};
+use outcome::make_report;
 
 /// Errors of the runtime; each names the step and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -124,288 +130,6 @@ fn environment(image: &[(String, String)], user: &[(String, String)]) -> Vec<(St
         env.push((k.clone(), v.clone()));
     }
     env
-}
-
-/// Host paths of one run, resolved in the caller's view before any namespace change.
-struct Inputs {
-    /// Host folder mounted at /usr/app/src, or a staged copy (`None` = stage `script`).
-    src_dir: Option<PathBuf>,
-    /// Source text to stage as /usr/app/src/<name> when there is no src_dir.
-    staged_script: Option<(String, Vec<u8>)>,
-    /// Path of the script inside the sandbox (None for --code).
-    script_in_sandbox: Option<String>,
-    data: Option<PathBuf>,
-    output: Option<PathBuf>,
-    stdin: Option<OwnedFd>,
-    /// Said in the report (e.g. no output folder could be made).
-    warnings: Vec<String>,
-}
-
-fn input_err(msg: String) -> RuntimeError {
-    RuntimeError::Input(msg)
-}
-
-fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf, RuntimeError> {
-    let c = fs::canonicalize(p).map_err(|e| input_err(format!("{what} {}: {e}", p.display())))?;
-    if !c.is_dir() {
-        return Err(input_err(format!(
-            "{what} {} is not a directory",
-            p.display()
-        )));
-    }
-    Ok(c)
-}
-
-impl Inputs {
-    /// `created` collects the output folder if it is made here (removed again if the run
-    /// does not start).
-    fn gather(
-        p: &RunPolicy,
-        mode: Mode,
-        created: &mut Vec<PathBuf>,
-    ) -> Result<Inputs, RuntimeError> {
-        let mut inp = Inputs {
-            src_dir: None,
-            staged_script: None,
-            script_in_sandbox: None,
-            data: None,
-            output: None,
-            stdin: None,
-            warnings: Vec::new(),
-        };
-        match &p.script {
-            Script::File(path) => {
-                let real = fs::canonicalize(path)
-                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
-                let meta = fs::metadata(&real)
-                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
-                if !meta.is_file() {
-                    return Err(input_err(format!(
-                        "script {} is not a regular file",
-                        path.display()
-                    )));
-                }
-                // Fail now, in the caller's terms, if the caller cannot read it.
-                fs::File::open(&real)
-                    .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
-                let name = real
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "script.py".into());
-                if p.no_fs {
-                    let body = fs::read(&real)
-                        .map_err(|e| input_err(format!("script {}: {e}", path.display())))?;
-                    inp.script_in_sandbox = Some(format!("{}/{name}", spec::SRC_DIR));
-                    inp.staged_script = Some((name, body));
-                } else if let Some(dev) = &p.dev_src {
-                    let dev = canonical_dir(dev, "--dev folder")?;
-                    let rel = real.strip_prefix(&dev).map_err(|_| {
-                        input_err(format!(
-                            "with --dev {}, the script must be inside that folder",
-                            dev.display()
-                        ))
-                    })?;
-                    inp.script_in_sandbox =
-                        Some(format!("{}/{}", spec::SRC_DIR, rel.to_string_lossy()));
-                    inp.src_dir = Some(dev);
-                } else {
-                    inp.script_in_sandbox = Some(format!("{}/{name}", spec::SRC_DIR));
-                    inp.src_dir = real.parent().map(Path::to_path_buf);
-                }
-            }
-            Script::Source(body) => {
-                inp.script_in_sandbox = Some(format!("{}/script.py", spec::SRC_DIR));
-                inp.staged_script = Some(("script.py".into(), body.clone()));
-                if let Some(dev) = &p.dev_src {
-                    inp.src_dir = Some(canonical_dir(dev, "--dev folder")?);
-                    inp.staged_script = None;
-                    return Err(input_err(
-                        "--dev needs a script file inside the --dev folder, not `-`".into(),
-                    ));
-                }
-            }
-            Script::Code(_) => {
-                if let Some(dev) = &p.dev_src {
-                    inp.src_dir = Some(canonical_dir(dev, "--dev folder")?);
-                }
-            }
-        }
-
-        if !p.no_fs {
-            let data = match &p.data {
-                Some(d) => canonical_dir(d, "data folder")?,
-                None => {
-                    let cwd = std::env::current_dir().map_err(|e| {
-                        input_err(format!("the current directory is not usable: {e}"))
-                    })?;
-                    canonical_dir(&cwd, "current directory")?
-                }
-            };
-            if data == Path::new("/") {
-                return Err(input_err(
-                    "refusing to share the whole host file system as the data folder. Hint: cd into a project folder, or pass --data DIR or --no-fs".into(),
-                ));
-            }
-            let default_out = data.join("output");
-            // A data folder the caller cannot write to (e.g. a system folder): run with a
-            // read-only output/ rather than refuse, and say so.
-            if p.output.is_none() && !default_out.exists() && !writable(&data) {
-                inp.warnings.push(format!(
-                    "no output folder: {} cannot be created here, so the script's output/ is read-only (pass --output DIR)",
-                    default_out.display()
-                ));
-                inp.data = Some(data);
-                return inp.with_stdin(p);
-            }
-            let out = p.output.clone().unwrap_or_else(|| default_out.clone());
-            let out = prepare_output(&out, p.output.is_some(), mode, created)?;
-            if out != default_out {
-                match fs::symlink_metadata(&default_out) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(input_err(format!(
-                            "{} exists and is not a folder, so --output cannot be mounted over it",
-                            default_out.display()
-                        )));
-                    }
-                    // The sandbox's view of the data folder provides the mount point.
-                    Err(_) => {}
-                }
-            }
-            inp.data = Some(data);
-            inp.output = Some(out);
-        }
-        inp.with_stdin(p)
-    }
-
-    fn with_stdin(mut self, p: &RunPolicy) -> Result<Inputs, RuntimeError> {
-        let inp = &mut self;
-        inp.stdin = match &p.stdin {
-            StdinSource::Null => None,
-            StdinSource::File(f) => {
-                let file = fs::File::open(f)
-                    .map_err(|e| input_err(format!("--stdin {}: {e}", f.display())))?;
-                Some(OwnedFd::from(file))
-            }
-            StdinSource::Inherit => {
-                if matches!(p.script, Script::Source(_)) {
-                    None // stdin carried the script itself
-                } else {
-                    // SAFETY: F_DUPFD_CLOEXEC on fd 0; a closed stdin just yields None.
-                    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
-                    // SAFETY: fresh descriptor when fd >= 0.
-                    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-                }
-            }
-        };
-        Ok(self)
-    }
-}
-
-/// Whether the caller may create entries in `dir` (access(2): real ids, ACLs, read-only
-/// file systems).
-fn writable(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
-/// Creates the output folder if missing; refuses symlinks and non-folders. As root for a
-/// sudo caller, the new folder belongs to that caller.
-fn prepare_output(
-    out: &Path,
-    explicit: bool,
-    mode: Mode,
-    created: &mut Vec<PathBuf>,
-) -> Result<PathBuf, RuntimeError> {
-    match fs::symlink_metadata(out) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(input_err(format!(
-                "refusing output folder {}: it is a symbolic link (a script could write wherever it points)",
-                out.display()
-            )));
-        }
-        Ok(m) if !m.is_dir() => {
-            return Err(input_err(format!(
-                "output {} exists and is not a folder",
-                out.display()
-            )));
-        }
-        Ok(_) => {}
-        Err(_) => {
-            let mut b = fs::DirBuilder::new();
-            b.mode(0o755).recursive(explicit);
-            b.create(out).map_err(|e| {
-                input_err(format!(
-                    "cannot create output folder {}: {e}",
-                    out.display()
-                ))
-            })?;
-            created.push(out.to_owned());
-            if let Mode::Root { caller, .. } = mode
-                && caller.uid != 0
-            {
-                let _ = std::os::unix::fs::chown(out, Some(caller.uid), Some(caller.gid));
-            }
-        }
-    }
-    fs::canonicalize(out).map_err(|e| input_err(format!("output folder {}: {e}", out.display())))
-}
-
-/// Removes the lock files (and, as root, the cgroups) of runs whose pysandbox died.
-fn sweep(locks: &Path) {
-    let Ok(rd) = fs::read_dir(locks) else { return };
-    // Whether nobody holds the lock (the descriptor keeps it until dropped).
-    let free = |p: &Path| {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(p)
-            .is_ok_and(|f| sys::lock::flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok())
-    };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let Some(n) = name.to_str() else { continue };
-        // A lock whose run was killed before it got its name (take_lock): no cgroup yet.
-        // Not a fresh one, which its run may not have flocked yet.
-        if n.starts_with('.') && n.ends_with(".tmp") {
-            let old = ent
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() >= 10));
-            if old && free(&ent.path()) {
-                let _ = fs::remove_file(ent.path());
-            }
-            continue;
-        }
-        let Some(id) = n.strip_suffix(".lock") else {
-            continue;
-        };
-        if !free(&ent.path()) {
-            continue; // its pysandbox is alive
-        }
-        if limits::remove_stale_cgroups(id).is_empty() {
-            let _ = fs::remove_file(ent.path());
-        }
-    }
-}
-
-/// Creates `<id>.lock` already flocked (via a temporary name, so a sweeper never sees an
-/// unlocked lock file).
-fn take_lock(locks: &Path, id: &str) -> Result<fs::File, RuntimeError> {
-    let tmp = locks.join(format!(".{id}.tmp"));
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("creating the run's lock file"))?;
-    sys::lock::flock(&f, libc::LOCK_EX).map_err(io_err("locking the run's lock file"))?;
-    fs::rename(&tmp, locks.join(format!("{id}.lock")))
-        .map_err(io_err("creating the run's lock file"))?;
-    Ok(f)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
@@ -908,79 +632,6 @@ fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Err
     let net = get(b"netns 0\n")?;
     let pid = get(b"pidns 0\n")?;
     Ok((net, pid))
-}
-
-/// The report from what supervision saw, what the init reported, whether the cgroup saw
-/// an OOM kill and whether the output folder filled up.
-fn make_report(
-    id: &str,
-    image: &ResolvedImage,
-    supervised: &supervise::Supervised,
-    status: Option<Status>,
-    limits: crate::report::Limits,
-    oom: bool,
-    output_full: bool,
-) -> RunReport {
-    let ws = supervised.wait_status;
-    let truncated = supervised.stdout.dropped_bytes > 0 || supervised.stderr.dropped_bytes > 0;
-    let (mut status, exit_code, signal, error) = match status {
-        _ if supervised.timed_out => (RunStatus::Timeout, None, None, None),
-        Some(Status::Exited(0)) => (RunStatus::Ok, Some(0), None, None),
-        Some(Status::Exited(c)) => (RunStatus::ExitNonzero, Some(c), None, None),
-        Some(Status::Signaled(s)) => (RunStatus::Signaled, None, Some(s), None),
-        Some(Status::ExecFailed(errno)) => (
-            RunStatus::SandboxError,
-            None,
-            None,
-            Some(format!(
-                "the interpreter could not be started in the sandbox: {}",
-                io::Error::from_raw_os_error(errno)
-            )),
-        ),
-        Some(Status::SeccompFailed(errno)) => (
-            RunStatus::SandboxError,
-            None,
-            None,
-            Some(format!(
-                "the seccomp filter could not be installed, so nothing ran: {}. Hint: the kernel needs CONFIG_SECCOMP_FILTER",
-                io::Error::from_raw_os_error(errno)
-            )),
-        ),
-        // No report from the init: it was killed (pysandbox's SIGKILL) or died early.
-        None if libc::WIFSIGNALED(ws) => {
-            (RunStatus::Signaled, None, Some(libc::WTERMSIG(ws)), None)
-        }
-        None => match libc::WEXITSTATUS(ws) {
-            0 => (RunStatus::Ok, Some(0), None, None),
-            c => (RunStatus::ExitNonzero, Some(c), None, None),
-        },
-    };
-    // A kill by the cgroup's OOM killer is not a crash.
-    if oom && status == RunStatus::Signaled && signal == Some(libc::SIGKILL) {
-        status = RunStatus::Oom;
-    }
-    if (truncated || output_full) && matches!(status, RunStatus::Ok | RunStatus::ExitNonzero) {
-        status = RunStatus::OutputLimit;
-    }
-    RunReport {
-        schema: SCHEMA_VERSION,
-        id: id.to_string(),
-        image: image.name.clone(),
-        image_digest: image.digest.clone(),
-        status,
-        exit_code,
-        signal,
-        interrupted_by: supervised.interrupted.map(|s| s as i32),
-        stdout: supervised.stdout.clone(),
-        stderr: supervised.stderr.clone(),
-        wall_ms: supervised.wall.as_millis() as u64,
-        cpu_ms: supervised.cpu.as_millis() as u64,
-        max_rss_bytes: supervised.max_rss,
-        limits,
-        seccomp_refused: Refusal::tally(&supervised.refused),
-        error,
-        warnings: Vec::new(),
-    }
 }
 
 #[cfg(test)]
