@@ -213,16 +213,7 @@ fn bench(args: &[String]) -> Result<()> {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } == 0 {
             let wrap = |argv: &[String]| {
-                let mut v = s(&[
-                    "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "env",
-                    "-i",
-                    "PATH=/usr/bin:/bin",
-                ]);
-                v.push(format!("HOME={}", user_home.display()));
+                let mut v = as_nobody(&user_home);
                 v.extend(argv.iter().cloned());
                 v
             };
@@ -506,19 +497,7 @@ fn phases(pysandbox: &Path, tmp: &Path, data: &Path, runs: usize) -> Result<()> 
         std::os::unix::fs::chown(&home, Some(65534), Some(65534))?;
         std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         who[0].0 = "root";
-        let mut wrap: Vec<String> = [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "env",
-            "-i",
-            "PATH=/usr/bin:/bin",
-        ]
-        .map(String::from)
-        .to_vec();
-        wrap.push(format!("HOME={}", home.display()));
-        who.push(("uid 65534", wrap));
+        who.push(("uid 65534", as_nobody(&home)));
     }
     for (name, wrap) in who {
         let mut order: Vec<String> = Vec::new();
@@ -588,4 +567,22 @@ fn phases(pysandbox: &Path, tmp: &Path, data: &Path, runs: usize) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// The argv prefix that runs a command as uid/gid 65534 (no groups, a scrubbed
+/// environment, `home` as HOME), as an ordinary user would run it.
+fn as_nobody(home: &Path) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        "-i",
+        "PATH=/usr/bin:/bin",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.push(format!("HOME={}", home.display()));
+    v
 }
