@@ -695,19 +695,7 @@ each_mode!(network_sigkill_of_pysandbox_leaves_no_pasta, |who| {
     use std::os::unix::fs::MetadataExt;
     let marker = unique("netkill");
     let dir = workdir(who);
-    put(
-        dir.path(),
-        "t.py",
-        "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
-    );
-    let mut child = command(who, dir.path(), &["run", "--network", "t.py", &marker])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut buf = [0u8; 6];
-    child.stdout.as_mut().unwrap().read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ready\n");
+    let mut child = start_sleeper_with(who, dir.path(), &marker, &["--network"]);
     let script = processes_with(&marker)
         .into_iter()
         .find(|p| {

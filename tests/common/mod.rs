@@ -290,13 +290,26 @@ pub fn python_layout(layout: &Path, tag: &str) {
 /// Starts pysandbox running a script that prints "ready" and sleeps, with `marker` as its
 /// argument; returns once the script is running.
 pub fn start_sleeper(who: Who, dir: &Path, marker: &str) -> std::process::Child {
+    start_sleeper_with(who, dir, marker, &[])
+}
+
+/// As [`start_sleeper`], with `extra` options for `pysandbox run`.
+pub fn start_sleeper_with(
+    who: Who,
+    dir: &Path,
+    marker: &str,
+    extra: &[&str],
+) -> std::process::Child {
     use std::io::Read;
     put(
         dir,
         "t.py",
         "import time\nprint('ready', flush=True)\ntime.sleep(60)\n",
     );
-    let mut child = command(who, dir, &["run", "t.py", marker])
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend(["t.py", marker]);
+    let mut child = command(who, dir, &args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
