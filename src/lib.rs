@@ -22,14 +22,17 @@ pub mod image;
 pub mod limits;
 pub mod net;
 pub mod policy;
+pub mod pool;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
+pub mod serve;
 pub mod spec;
 pub mod sys;
 
 pub use error::Error;
+pub use pool::{Pool, PoolConfig, WhenEmpty};
 pub use report::RunReport;
 pub use sandbox::{RunRequest, Sandbox};
 

@@ -307,7 +307,7 @@ pub enum PolicyError {
     Invalid(String),
 }
 
-fn validate_env_key(k: &str) -> Result<(), PolicyError> {
+pub fn validate_env_key(k: &str) -> Result<(), PolicyError> {
     let ok = !k.is_empty()
         && !k.as_bytes()[0].is_ascii_digit()
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -391,6 +391,20 @@ pub fn parse_size(s: &str) -> Result<u64, PolicyError> {
         return Err(bad());
     }
     Ok(v as u64)
+}
+
+/// A relative path of plain names only (no `/` at the start, no `.` or `..`, no NUL),
+/// at most 16 deep and 4 KiB long: what a request may name a file it puts in a sandbox.
+pub fn is_plain_relative(p: &std::path::Path) -> bool {
+    use std::path::Component;
+    let s = p.as_os_str().as_encoded_bytes();
+    !s.is_empty()
+        && s.len() <= 4096
+        && !s.contains(&0)
+        && !s.starts_with(b"/")
+        && p.components().count() <= 16
+        && p.components().all(|c| matches!(c, Component::Normal(_)))
+        && !s.split(|&b| b == b'/').any(|c| c == b"." || c == b"..")
 }
 
 #[cfg(test)]

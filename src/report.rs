@@ -140,6 +140,17 @@ pub struct RunReport {
     pub error: Option<String>,
     /// Problems that did not stop the run (e.g. an output file that could not be saved).
     pub warnings: Vec<String>,
+    /// Runs through a pool (`Pool`, `pysandbox serve`) only: whether a sandbox started
+    /// ahead of time ran it, and how long the run waited for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolRun>,
+}
+
+/// How a pooled run got its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRun {
+    pub warm: bool,
+    pub waited_ms: u64,
 }
 
 impl RunReport {
@@ -201,6 +212,7 @@ impl RunReport {
             seccomp_refused: Vec::new(),
             error: Some(error),
             warnings: Vec::new(),
+            pool: None,
         }
     }
 

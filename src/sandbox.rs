@@ -43,6 +43,8 @@ pub enum SandboxError {
     Helper(String),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error("no pooled sandbox is idle (the pool is configured not to start one for the run)")]
+    PoolEmpty,
 }
 
 /// A sandbox configuration; cheap to clone, `Send + Sync`, reusable for any number of runs.
@@ -59,11 +61,16 @@ pub struct Sandbox {
 /// One script to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
-    code: String,
-    args: Vec<String>,
-    stdin: Vec<u8>,
-    env: Vec<(String, String)>,
-    data: Option<PathBuf>,
+    pub(crate) code: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Vec<u8>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) data: Option<PathBuf>,
+    /// Files placed read-only in `/usr/app/src` (then the working directory).
+    pub(crate) files: Vec<(String, Vec<u8>)>,
+    /// Which of `files` to run instead of `code`.
+    pub(crate) script: Option<String>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl RunRequest {
@@ -88,6 +95,25 @@ impl RunRequest {
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+    /// A file placed read-only in `/usr/app/src` under this relative name; with files,
+    /// that folder is the working directory (no host folder is visible then).
+    pub fn file(mut self, name: impl Into<String>, content: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.into(), content.into()));
+        self
+    }
+    /// Run this one of the files (`python /usr/app/src/NAME ARGS`) instead of the code.
+    pub fn script(mut self, name: impl Into<String>) -> Self {
+        self.script = Some(name.into());
+        self
+    }
+    /// This run's wall-clock limit instead of the sandbox's.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    pub(crate) fn timeout_or(&self, default: Duration) -> Duration {
+        self.timeout.unwrap_or(default)
     }
     /// A host folder visible read-only at `/usr/app/data` (with a writable `output/`).
     /// Without it the run has no host files at all (`--no-fs`).
@@ -176,11 +202,30 @@ impl Sandbox {
         self
     }
 
-    fn command(&self, req: &RunRequest, script: Option<&Path>) -> Command {
+    pub(crate) fn helper(&self) -> &Path {
+        &self.helper
+    }
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// `pysandbox run --pool-worker` for this configuration, with these variables set
+    /// when its interpreter starts.
+    pub(crate) fn worker_command(&self, env: &[(String, String)]) -> Command {
+        let mut c = self.base_command(self.limits.timeout);
+        c.arg("--pool-worker").arg("--no-fs");
+        for (k, v) in env {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c
+    }
+
+    /// `pysandbox run --json` with this configuration's image, limits and flags.
+    fn base_command(&self, timeout: Duration) -> Command {
         let l = &self.limits;
         let mut c = Command::new(&self.helper);
         c.arg("run").arg("--json");
-        c.args(["--timeout", &format!("{}ms", l.timeout.as_millis())]);
+        c.args(["--timeout", &format!("{}ms", timeout.as_millis())]);
         c.args(["--memory", &l.memory.to_string()]);
         c.args(["--pids", &l.pids.to_string()]);
         c.args(["--max-output", &l.max_output.to_string()]);
@@ -208,6 +253,11 @@ impl Sandbox {
                 c.arg(flag);
             }
         }
+        c
+    }
+
+    fn command(&self, req: &RunRequest, script: Option<&Path>) -> Command {
+        let mut c = self.base_command(req.timeout_or(self.limits.timeout));
         for (k, v) in &req.env {
             c.arg("-e").arg(format!("{k}={v}"));
         }
@@ -235,6 +285,16 @@ impl Sandbox {
     /// captured, capped). Blocks until the run ends; call from as many threads as you
     /// like.
     pub fn run(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
+        if !req.files.is_empty() || req.script.is_some() {
+            if req.data.is_some() {
+                return Err(SandboxError::Policy(policy::PolicyError::Invalid(
+                    "a run has either a data folder or files of its own, not both".into(),
+                )));
+            }
+            let mut r = crate::pool::run_once(self, req)?;
+            r.pool = None;
+            return Ok(r);
+        }
         // Source too large for argv goes through a private temporary file.
         let tmp = if req.code.len() > policy::MAX_CODE_BYTES {
             let dir = std::env::temp_dir().join(format!(
@@ -290,7 +350,8 @@ impl Sandbox {
         });
         // Watchdog: the helper enforces the timeout itself; this only guards against a
         // helper that never returns.
-        let limit = self.limits.timeout + policy::KILL_GRACE + Duration::from_secs(30);
+        let limit =
+            req.timeout_or(self.limits.timeout) + policy::KILL_GRACE + Duration::from_secs(30);
         let exited = crate::sys::pidfd_open(child.id() as i32)
             .and_then(|pidfd| wait_readable(&pidfd, limit))
             .map_err(|e| SandboxError::Helper(e.to_string()))?;

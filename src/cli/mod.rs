@@ -38,9 +38,65 @@ enum Command {
     Run(Box<RunArgs>),
     /// Check what this host gives pysandbox, with a fix for each problem.
     Doctor,
+    /// Serve runs over HTTP from a warm pool: pysandbox's API and Piston's.
+    Serve(Box<ServeArgs>),
     /// Images: build from an environment file, list, inspect, remove, prune, import, pull.
     #[command(subcommand)]
     Image(image::ImageCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TCP address to listen on (loopback unless a token is set).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:2000",
+        conflicts_with = "socket"
+    )]
+    listen: std::net::SocketAddr,
+    /// Listen on this unix socket instead (created 0600).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Sandboxes kept warm.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pool: usize,
+    /// Image of every run (default: the default image).
+    #[arg(long, value_name = "NAME|PATH")]
+    image: Option<String>,
+    /// Default wall-clock limit of a run.
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    timeout: String,
+    /// Largest wall-clock limit a request may ask for.
+    #[arg(long, value_name = "DUR", default_value = "60s")]
+    max_timeout: String,
+    /// Default memory limit of a run (pooled runs have it).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    memory: String,
+    /// Largest memory limit a request may ask for.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    max_memory: String,
+    /// Default process limit of a run.
+    #[arg(long, value_name = "N", default_value_t = policy::DEFAULT_PIDS)]
+    pids: u64,
+    /// Largest process limit a request may ask for.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_pids: u64,
+    /// Cap on each of stdout and stderr of a run.
+    #[arg(long, value_name = "SIZE", default_value = "1M")]
+    max_output: String,
+    /// Runs at once; more requests wait in a queue of --max-queue, beyond it 503.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_concurrent: usize,
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body.
+    #[arg(long, value_name = "SIZE", default_value = "8M")]
+    max_body: String,
+    /// File with accepted tokens, one per line (Authorization: Bearer, or X-API-Key).
+    /// Required to listen on a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -121,6 +177,10 @@ struct RunArgs {
     /// Image build stage (internal): /opt/conda is writable, changes land in DIR/upper.
     #[arg(long, value_name = "DIR", hide = true)]
     conda_layer: Option<PathBuf>,
+    /// Pool worker (internal): start the sandbox, say `ready`, run one claim read from
+    /// stdin (see the pool module), print its report.
+    #[arg(long, hide = true)]
+    pool_worker: bool,
     /// The script (`-` reads it from stdin), then its arguments.
     #[arg(value_name = "SCRIPT")]
     script: Option<String>,
@@ -167,7 +227,13 @@ fn init_logging(level: Option<&str>, file: Option<&PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn build_policy(a: RunArgs) -> Result<RunPolicy> {
+fn build_policy(mut a: RunArgs) -> Result<RunPolicy> {
+    if a.pool_worker {
+        if a.code.is_some() || a.script.is_some() || !a.args.is_empty() || !a.no_fs || !a.json {
+            bail!("--pool-worker takes no script and needs --no-fs --json");
+        }
+        a.code = Some(pysandbox::pool::BOOTSTRAP.to_string());
+    }
     let mut rest = a.args;
     let script = match (a.code, a.script) {
         (Some(code), first) => {
@@ -226,8 +292,14 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
 fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let json = a.json;
+    let worker = a.pool_worker;
     let policy = build_policy(a)?;
-    let report = match pysandbox::run_in_this_process(&policy) {
+    let result = if worker {
+        pysandbox::pool::worker::run_worker(&policy)
+    } else {
+        pysandbox::run_in_this_process(&policy)
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) if json => {
             // Even a failure to start is one JSON report, with status sandbox_error.
@@ -293,6 +365,77 @@ fn run(a: RunArgs) -> Result<i32> {
     Ok(report.cli_exit_code())
 }
 
+fn serve(a: ServeArgs) -> Result<i32> {
+    use pysandbox::serve::{Listen, ServeConfig, api::Bounds};
+    let mut defaults = policy::Limits {
+        timeout: policy::parse_duration(&a.timeout)?,
+        memory: policy::parse_size(&a.memory)?,
+        pids: a.pids,
+        max_output: policy::parse_size(&a.max_output)?,
+        ..Default::default()
+    };
+    let bounds = Bounds {
+        max_timeout: policy::parse_duration(&a.max_timeout)?,
+        max_memory: policy::parse_size(&a.max_memory)?,
+        max_pids: a.max_pids,
+        defaults: defaults.clone(),
+    };
+    if defaults.timeout > bounds.max_timeout
+        || defaults.memory > bounds.max_memory
+        || defaults.pids > bounds.max_pids
+    {
+        bail!("a default limit (--timeout, --memory, --pids) is above its --max-*");
+    }
+    if a.pool > 256 || a.max_concurrent == 0 {
+        bail!("--pool must be at most 256 and --max-concurrent at least 1");
+    }
+    // The pool's sandboxes are made for the longest run allowed (RLIMIT_CPU follows it);
+    // each claim brings its own wall-clock limit.
+    defaults.timeout = bounds.max_timeout;
+    let tokens = match &a.token_file {
+        None => Vec::new(),
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
+            let t: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            if t.is_empty() || t.iter().any(|t| t.len() < 16) {
+                bail!(
+                    "the token file {} must hold tokens of at least 16 characters, one per line",
+                    f.display()
+                );
+            }
+            t
+        }
+    };
+    let mut sandbox = pysandbox::Sandbox::new()?
+        .memory(defaults.memory)
+        .pids(defaults.pids)
+        .max_output(defaults.max_output)
+        .timeout(bounds.defaults.timeout);
+    if let Some(img) = &a.image {
+        sandbox = sandbox.image(img);
+    }
+    pysandbox::serve::serve(ServeConfig {
+        listen: match a.socket {
+            Some(p) => Listen::Unix(p),
+            None => Listen::Tcp(a.listen),
+        },
+        sandbox,
+        pool: a.pool,
+        bounds,
+        max_concurrent: a.max_concurrent,
+        max_queue: a.max_queue,
+        max_body: policy::parse_size(&a.max_body)? as usize,
+        tokens,
+    })?;
+    Ok(0)
+}
+
 fn doctor() -> i32 {
     use pysandbox::doctor::Level;
     let checks = pysandbox::doctor::run_checks();
@@ -338,6 +481,7 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Run(a) => run(*a),
             Command::Doctor => Ok(doctor()),
+            Command::Serve(a) => serve(*a),
             Command::Image(c) => image::run(c),
         }
     });

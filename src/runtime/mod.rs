@@ -14,12 +14,13 @@ mod inputs;
 mod locks;
 mod outcome;
 mod output;
+mod stage;
 mod supervise;
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,9 +37,9 @@ pub use host::{MIN_KERNEL, Mode};
 use crate::dirs;
 use crate::image::{self, ResolvedImage};
 use crate::limits::{self, CgroupSupport};
-use crate::policy::{KILL_GRACE, Network, RunPolicy, Script};
+use crate::policy::{self, KILL_GRACE, Network, RunPolicy, Script};
 use crate::report::RunReport;
-use crate::spec::{self, Bind, SpecInput};
+use crate::spec::{self, SpecInput};
 use crate::sys;
 use capture::Capped;
 use inputs::{Inputs, input_err};
@@ -141,8 +142,39 @@ fn cstring(s: &str) -> Result<CString, RuntimeError> {
     CString::new(s).map_err(|_| input_err(format!("{s:?} contains a NUL byte")))
 }
 
+/// What a pool worker does between its sandbox's start and the script (see `pool/`):
+/// the interpreter is started ahead of time and waits, blocked on its stdin, for one
+/// request.
+pub trait Warm {
+    /// The interpreter is up and waiting for its request: tell the pool.
+    fn ready(&mut self) -> io::Result<()>;
+    /// Waits for the claim. `sandbox` is the init's pidfd (readable once it exits).
+    /// `None`: nobody will claim this sandbox (the pool went away, or it died idle).
+    fn claim(&mut self, sandbox: BorrowedFd<'_>) -> io::Result<Option<Claim>>;
+}
+
+/// A claimed run: what the interpreter reads on stdin (its request, then the script's
+/// stdin), the files to place in `/usr/app/src`, and the run's own timeout.
+pub struct Claim {
+    pub stdin: Vec<u8>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub timeout: std::time::Duration,
+}
+
 /// Runs one sandbox to completion. See the module docs for the threading requirement.
 pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
+    run_with(policy, None)
+}
+
+/// Starts one sandbox ahead of its script: `policy.script` is the interpreter's
+/// bootstrap, which announces itself with one byte (0x06) on stdout and then reads its
+/// request from stdin; `warm` is told when it is ready and hands over the claim. The
+/// report covers the claimed run (wall time and timeout from the claim on).
+pub fn run_warm(policy: &RunPolicy, warm: &mut dyn Warm) -> Result<RunReport, crate::Error> {
+    run_with(policy, Some(warm))
+}
+
+fn run_with(policy: &RunPolicy, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::Error> {
     policy.validate()?;
     host::check_kernel()?;
     let mode = Mode::detect()?;
@@ -159,7 +191,7 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
         .and_then(|inputs| {
             let image = image::resolve(&policy.image)?;
             mark("image resolved");
-            run_prepared(policy, mode, &inputs, &image, pasta.as_deref())
+            run_prepared(policy, mode, &inputs, &image, pasta.as_deref(), warm)
         });
     // The output folder pysandbox created stays only if the sandbox ran (nothing
     // half-made is left by a failed start).
@@ -171,12 +203,26 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     result
 }
 
+/// Everything the steps of one run share.
+struct RunCtx<'a> {
+    policy: &'a RunPolicy,
+    mode: Mode,
+    inputs: &'a Inputs,
+    image: &'a ResolvedImage,
+    /// The run's private tmpfs (state, bundle, staged layers).
+    mnt: &'a Path,
+    id: &'a str,
+    cgroups: CgroupSupport,
+    pasta: Option<&'a Path>,
+}
+
 fn run_prepared(
     policy: &RunPolicy,
     mode: Mode,
     inputs: &Inputs,
     image: &ResolvedImage,
     pasta: Option<&Path>,
+    warm: Option<&mut dyn Warm>,
 ) -> Result<RunReport, crate::Error> {
     let rt = dirs::runtime_dir(mode.is_root())?;
     let locks = rt.join("locks");
@@ -199,7 +245,17 @@ fn run_prepared(
     if policy.strict_limits {
         limits::check_strict(&policy.limits, cgroups)?;
     }
-    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups, pasta);
+    let ctx = RunCtx {
+        policy,
+        mode,
+        inputs,
+        image,
+        mnt: &mnt,
+        id: &id,
+        cgroups,
+        pasta,
+    };
+    let result = launch(&ctx, warm);
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -212,164 +268,10 @@ fn run_prepared(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    policy: &RunPolicy,
-    mode: Mode,
-    inputs: &Inputs,
-    image: &ResolvedImage,
-    mnt: &Path,
-    id: &str,
-    cgroups: CgroupSupport,
-    pasta: Option<&Path>,
-) -> Result<RunReport, crate::Error> {
-    let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
-    // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
-    // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
-    // every signal before exec.)
-    let relayed = supervise::relayed_set();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), None)
-        .map_err(|e| io_err("blocking signals")(e.into()))?;
-
-    let user_sysctls = limits::user_sysctls();
-    let not_capped =
-        host::enter_namespaces(mode, &limits::ipc_sysctls(&policy.limits), &user_sysctls)?;
-    mark("namespaces entered");
-    // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
-    // the caller's folders (when the caller is root), and the image's /opt/conda in an
-    // image build (root-owned, it must be the sandbox's to install into).
-    let map_ns = match mode {
-        Mode::Root { sandbox, idmap, .. } if idmap || policy.conda_layer.is_some() => {
-            Some(host::userns_fd(sandbox)?)
-        }
-        _ => None,
-    };
-    let idmap_ns = match mode {
-        Mode::Root { idmap: true, .. } => map_ns.as_ref(),
-        _ => None,
-    };
-    host::mount_private_tmpfs(mnt)?;
-    mark("idmap userns + tmpfs");
-    let state = mnt.join("state");
-    let bundle = mnt.join("bundle");
-    host::mkdir(&state, 0o711)?;
-    host::mkdir(&bundle, 0o711)?;
-    let stage = host::Staging {
-        idmap: idmap_ns,
-        base: mnt,
-        rootless: !mode.is_root(),
-    };
-    let mut warnings = Vec::new();
-
-    let rootfs = bundle.join("rootfs");
-    host::mkdir(&rootfs, 0o755)?;
-    warnings.extend(stage.read_only_view(&image.rootfs, &rootfs, false, None)?);
-
-    let mut binds = Vec::new();
-    if let Some(src) = &inputs.src_dir {
-        let t = bundle.join("src");
-        host::mkdir(&t, 0o755)?;
-        warnings.extend(stage.read_only_view(src, &t, true, None)?);
-        binds.push(Bind {
-            source: t,
-            dest: spec::SRC_DIR,
-            writable: false,
-        });
-    } else if let Some((name, body)) = &inputs.staged_script {
-        let t = bundle.join("script");
-        host::mkdir(&t, 0o755)?;
-        fs::write(t.join(name), body).map_err(io_err("staging the script"))?;
-        binds.push(Bind {
-            source: t,
-            dest: spec::SRC_DIR,
-            writable: false,
-        });
-    }
-    if let Some(data) = &inputs.data {
-        let t = bundle.join("data");
-        host::mkdir(&t, 0o755)?;
-        // With --output elsewhere, the data folder may have no output/ to mount it on.
-        let mount_point = inputs.output.is_some().then_some("output");
-        warnings.extend(stage.read_only_view(data, &t, true, mount_point)?);
-        binds.push(Bind {
-            source: t,
-            dest: spec::DATA_DIR,
-            writable: false,
-        });
-    }
-    if let Some(layer) = &policy.conda_layer {
-        let t = bundle.join("conda");
-        host::mkdir(&t, 0o755)?;
-        output::stage_layer(
-            &host::Staging {
-                idmap: map_ns.as_ref(),
-                ..stage
-            },
-            &image.rootfs.join("opt/conda"),
-            layer,
-            &t,
-            match mode {
-                Mode::Root { sandbox, .. } => Some(sandbox),
-                Mode::Rootless => None,
-            },
-        )?;
-        binds.push(Bind {
-            source: t,
-            dest: "/opt/conda",
-            writable: true,
-        });
-    }
-    let mut overlay = None;
-    if let Some(out) = &inputs.output {
-        let t = bundle.join("output");
-        host::mkdir(&t, 0o755)?;
-        let (upper_owner, new_file_owner) = match mode {
-            Mode::Root {
-                sandbox, caller, ..
-            } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
-            Mode::Rootless => (None, None),
-        };
-        overlay = Some(output::OutputOverlay::stage(
-            &stage,
-            out,
-            &t,
-            &mnt.join("output"),
-            policy.limits.output_cap(),
-            upper_owner,
-            new_file_owner,
-        )?);
-        binds.push(Bind {
-            source: t,
-            dest: spec::OUTPUT_DIR,
-            writable: true,
-        });
-    }
-    // Name resolution: the host's resolv.conf with the host's network; with pasta, one
-    // naming pasta's DNS forwarder (the host's resolvers may be loopback addresses,
-    // which are the sandbox's own loopback there).
-    if policy.network != Network::None
-        && rootfs.join("etc/resolv.conf").is_file()
-        && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
-            .ok()
-            .filter(|p| p.is_file())
-    {
-        let t = bundle.join("resolv.conf");
-        if policy.network == Network::Pasta {
-            let host = fs::read_to_string(&host_resolv).unwrap_or_default();
-            fs::write(&t, crate::net::resolv_conf(&host)).map_err(io_err("staging resolv.conf"))?;
-        } else {
-            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
-            stage.file(&host_resolv, &t)?;
-        }
-        binds.push(Bind {
-            source: t,
-            dest: "/etc/resolv.conf",
-            writable: false,
-        });
-    }
-
-    let mut argv = vec![image.python.clone()];
-    match (&policy.script, &inputs.script_in_sandbox) {
+/// The interpreter's command line and environment.
+fn command(r: &RunCtx) -> (Vec<String>, Vec<(String, String)>) {
+    let mut argv = vec![r.image.python.clone()];
+    match (&r.policy.script, &r.inputs.script_in_sandbox) {
         (Script::Code(code), _) => {
             argv.push("-c".into());
             argv.push(code.clone());
@@ -377,33 +279,30 @@ fn launch(
         (_, Some(path)) => argv.push(path.clone()),
         (_, None) => unreachable!("a script file or source always has a path"),
     }
-    argv.extend(policy.args.iter().cloned());
-    let env = environment(&image.env, &policy.env);
+    argv.extend(r.policy.args.iter().cloned());
+    (argv, environment(&r.image.env, &r.policy.env))
+}
 
-    let spec = spec::build(&SpecInput {
-        rootfs: rootfs.clone(),
-        argv: argv.clone(),
-        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        binds,
-        host_network: !policy.network.private(),
-        userns: match mode {
-            Mode::Root { sandbox, .. } => Some(sandbox),
-            Mode::Rootless => None,
-        },
-        cgroups_path: limits::cgroup_path(id),
-        cgroup_limits: cgroups.enforces_memory(),
-        limit_swap: matches!(
-            cgroups,
-            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
-        ),
-        limit_kernel_tcp: matches!(cgroups, CgroupSupport::V1 { .. }),
-        limits: policy.limits.clone(),
-        rlimits: with_pasta_slot(&rlimits, pasta.is_some()),
-    })?;
-    mark("staged");
-    spec.save(bundle.join("config.json"))
-        .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
+/// A created container whose init waits for the start signal, and pysandbox's ends of
+/// its pipes.
+struct Created {
+    container: libcontainer::container::Container,
+    init_pid: i32,
+    pidfd: OwnedFd,
+    signals: SignalFd,
+    in_w: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    status_r: OwnedFd,
+}
 
+fn create(
+    r: &RunCtx,
+    state: &Path,
+    bundle: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<Created, crate::Error> {
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -415,7 +314,7 @@ fn launch(
     )
     .map_err(|e| io_err("creating the status socket")(e.into()))?;
 
-    if mode.is_root() {
+    if r.mode.is_root() {
         // Root's supplementary groups (gid 0...) would otherwise follow into the sandbox.
         nix::unistd::setgroups(&[])
             .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
@@ -423,31 +322,28 @@ fn launch(
     let own_pidfd =
         sys::pidfd_open(std::process::id() as i32).map_err(io_err("watching pysandbox"))?;
     let plan = executor::ExecPlan {
-        python: cstring(&image.python)?,
+        python: cstring(&r.image.python)?,
         argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
         envp: env
             .iter()
             .map(|(k, v)| cstring(&format!("{k}={v}")))
             .collect::<Result<_, _>>()?,
-        loopback: policy.network.private(),
-        send_namespaces: pasta.is_some(),
+        loopback: r.policy.network.private(),
+        send_namespaces: r.pasta.is_some(),
         status_fd: status_w.as_raw_fd(),
         parent_pidfd: own_pidfd.as_raw_fd(),
-        seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
+        seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
     };
-
-    mark("spec saved");
-    let started = Instant::now();
-    let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let container = ContainerBuilder::new(r.id.to_string(), SyscallType::default())
         .with_executor(executor::SandboxExecutor::new(plan))
-        .with_root_path(&state)
+        .with_root_path(state)
         .map_err(lc_err("setting the state directory"))?
         .validate_id()
         .map_err(lc_err("validating the run id"))?
         .with_stdin(in_r)
         .with_stdout(out_w)
         .with_stderr(err_w)
-        .as_init(&bundle)
+        .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
         .build()
@@ -458,136 +354,243 @@ fn launch(
         .ok_or_else(|| input_err("the sandbox has no init process".into()))?
         .as_raw();
     let pidfd = sys::pidfd_open(init_pid).map_err(io_err("watching the sandbox"))?;
-    let mut not_capped = not_capped;
-    if mode.is_root() {
-        not_capped.extend(host::cap_user_namespace(init_pid, &user_sysctls));
-    }
-    let signals = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| io_err("receiving signals")(e.into()))?;
+    let signals = SignalFd::with_flags(
+        &supervise::relayed_set(),
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(|e| io_err("receiving signals")(e.into()))?;
+    Ok(Created {
+        container,
+        init_pid,
+        pidfd,
+        signals,
+        in_w,
+        out_r,
+        err_r,
+        status_r,
+    })
+}
 
+fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::Error> {
+    let policy = r.policy;
+    let rlimits = limits::rlimits(&policy.limits, r.cgroups.enforces_memory());
+    // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
+    // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
+    // every signal before exec.)
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&supervise::relayed_set()), None)
+        .map_err(|e| io_err("blocking signals")(e.into()))?;
+
+    let user_sysctls = limits::user_sysctls();
+    let mut not_capped =
+        host::enter_namespaces(r.mode, &limits::ipc_sysctls(&policy.limits), &user_sysctls)?;
+    mark("namespaces entered");
+    // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
+    // the caller's folders (when the caller is root), and the image's /opt/conda in an
+    // image build (root-owned, it must be the sandbox's to install into).
+    let map_ns = match r.mode {
+        Mode::Root { sandbox, idmap, .. } if idmap || policy.conda_layer.is_some() => {
+            Some(host::userns_fd(sandbox)?)
+        }
+        _ => None,
+    };
+    let idmap_ns = match r.mode {
+        Mode::Root { idmap: true, .. } => map_ns.as_ref(),
+        _ => None,
+    };
+    host::mount_private_tmpfs(r.mnt)?;
+    mark("idmap userns + tmpfs");
+    let state = r.mnt.join("state");
+    let bundle = r.mnt.join("bundle");
+    host::mkdir(&state, 0o711)?;
+    host::mkdir(&bundle, 0o711)?;
+    let staging = host::Staging {
+        idmap: idmap_ns,
+        base: r.mnt,
+        rootless: !r.mode.is_root(),
+    };
+    let staged = stage::stage(r, &staging, map_ns.as_ref(), warm.is_some())?;
+
+    let (argv, env) = command(r);
+    let spec = spec::build(&SpecInput {
+        rootfs: staged.rootfs.clone(),
+        argv: argv.clone(),
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        binds: staged.binds.clone(),
+        host_network: !policy.network.private(),
+        userns: match r.mode {
+            Mode::Root { sandbox, .. } => Some(sandbox),
+            Mode::Rootless => None,
+        },
+        cgroups_path: limits::cgroup_path(r.id),
+        cgroup_limits: r.cgroups.enforces_memory(),
+        limit_swap: matches!(
+            r.cgroups,
+            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
+        ),
+        limit_kernel_tcp: matches!(r.cgroups, CgroupSupport::V1 { .. }),
+        limits: policy.limits.clone(),
+        rlimits: with_pasta_slot(&rlimits, r.pasta.is_some()),
+    })?;
+    mark("staged");
+    spec.save(bundle.join("config.json"))
+        .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
+
+    mark("spec saved");
+    let mut t0 = Instant::now();
+    let mut c = create(r, &state, &bundle, &argv, &env)?;
+    if r.mode.is_root() {
+        not_capped.extend(host::cap_user_namespace(c.init_pid, &user_sysctls));
+    }
     mark("container built");
-    let guard = pidfd.try_clone().map_err(io_err("watching the sandbox"))?;
+    let guard = c
+        .pidfd
+        .try_clone()
+        .map_err(io_err("watching the sandbox"))?;
     // The network, while the init waits for the start signal: the script never runs
     // unconnected. On failure the sandbox is killed, and pasta (in its pid namespace)
     // with it.
-    if let Some(pasta) = pasta {
-        let started = receive_namespaces(&status_r).and_then(|(netns, pidns)| {
-            let target = crate::net::Target {
-                netns,
-                pidns,
-                run_dir: &mnt.join("net"),
-                sandbox_ids: match mode {
-                    Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
-                    Mode::Rootless => None,
-                },
-            };
-            crate::net::start(pasta, &target).map_err(crate::Error::from)
-        });
-        if let Err(e) = started {
-            supervise::kill_and_reap(&guard, init_pid);
+    if let Some(pasta) = r.pasta {
+        if let Err(e) = connect(r, pasta, &c.status_r) {
+            supervise::kill_and_reap(&guard, c.init_pid);
             return Err(e);
         }
         mark("network up");
     }
-    let supervised = match container.start() {
-        Ok(()) => supervise::Supervisor {
-            init_pid,
-            pidfd,
-            signals,
-            input: match &inputs.stdin {
-                Some(fd) => {
-                    supervise::Input::Fd(fd.try_clone().map_err(io_err("duplicating stdin"))?)
-                }
-                None => supervise::Input::None,
-            },
-            to_sandbox: Some(in_w),
-            from_stdout: out_r,
-            from_stderr: err_r,
-            out_sink: if policy.capture {
-                Capped::capture(policy.limits.max_output)
-            } else {
-                Capped::pass_through(policy.limits.max_output, false)
-            },
-            err_sink: if policy.capture {
-                Capped::capture(policy.limits.max_output)
-            } else {
-                Capped::pass_through(policy.limits.max_output, true)
-            },
-            status: status_r,
-            timeout: policy.limits.timeout,
+    let mut input = match &r.inputs.stdin {
+        Some(fd) => supervise::Input::Fd(fd.try_clone().map_err(io_err("duplicating stdin"))?),
+        None => supervise::Input::None,
+    };
+    let mut timeout = policy.limits.timeout;
+    let mut started = c
+        .container
+        .start()
+        .map_err(|e| crate::Error::from(lc_err("starting the sandbox")(e)));
+    if let (Ok(()), Some(w)) = (&started, warm) {
+        match warm_up(&c, staged.claim_dir.as_deref(), w) {
+            Ok(claim) => {
+                input = supervise::Input::Bytes(claim.stdin);
+                timeout = claim.timeout;
+                t0 = Instant::now();
+            }
+            Err(e) => started = Err(e),
+        }
+    }
+    let supervised = started.and_then(|()| {
+        supervise::Supervisor {
+            init_pid: c.init_pid,
+            pidfd: c.pidfd,
+            signals: c.signals,
+            input,
+            to_sandbox: Some(c.in_w),
+            from_stdout: c.out_r,
+            from_stderr: c.err_r,
+            out_sink: sink(policy, false),
+            err_sink: sink(policy, true),
+            status: c.status_r,
+            timeout,
             grace: KILL_GRACE,
         }
-        .run(started)
-        .map_err(io_err("supervising the sandbox")),
-        Err(e) => Err(lc_err("starting the sandbox")(e)),
-    };
+        .run(t0)
+        .map_err(|e| io_err("supervising the sandbox")(e).into())
+    });
     mark("supervised");
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
-    let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
-    let oom_kills = limits::oom_kills(id, cgroups);
+    let merged = staged
+        .overlay
+        .as_ref()
+        .map(|o| o.merge())
+        .unwrap_or_default();
+    let oom_kills = limits::oom_kills(r.id, r.cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
     // killing (the kernel then kills the rest of its pid namespace).
     if supervised.is_err() {
-        supervise::kill_and_reap(&guard, init_pid);
+        supervise::kill_and_reap(&guard, c.init_pid);
     }
     let supervised = supervised?;
     let status = Status::parse(&supervised.status);
-    let limits = limits::describe(&policy.limits, cgroups, &rlimits);
+    let described = policy::Limits {
+        timeout,
+        ..policy.limits.clone()
+    };
+    let limits = limits::describe(&described, r.cgroups, &rlimits);
     let mut report = make_report(
-        id,
-        image,
+        r.id,
+        r.image,
         &supervised,
         status,
         limits,
         oom_kills > 0,
         merged.full,
     );
-    report.warnings.extend(inputs.warnings.iter().cloned());
-    report.warnings.extend(warnings);
-    if let Some(cpus) = policy.limits.cpus
-        && !cgroups.enforces_memory()
-    {
-        report.warnings.push(format!(
-            "--cpus {cpus} is not enforced: no CPU controller is usable here (cgroups need root, or a delegated cgroup v2); --strict-limits refuses to run instead"
-        ));
-    }
-    report.warnings.extend(
-        not_capped
-            .into_iter()
-            .map(|w| format!("a kernel budget of the sandbox is not capped: {w}")),
+    outcome::add_warnings(
+        &mut report,
+        r.policy,
+        r.inputs,
+        r.cgroups,
+        staged.warnings,
+        not_capped,
+        &merged,
     );
-    if policy.network == Network::Host {
-        report.warnings.push(HOST_NETWORK_WARNING.into());
-    }
-    if report.signal == Some(libc::SIGSYS) {
-        report.warnings.push(
-            "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
-        );
-    }
-    if merged.dropped > 0 {
-        report.warnings.push(format!(
-            "{} output entries were not written back to {}: they would have put more than the output limit ({} bytes) on the host, or were nested deeper than {} folders",
-            merged.dropped,
-            inputs.output.as_deref().unwrap_or(Path::new("?")).display(),
-            policy.limits.output_cap(),
-            output::MAX_DEPTH
-        ));
-    }
-    if merged.escaping_links > 0 {
-        report.warnings.push(format!(
-            "{} symbolic links in the output folder point outside it and were not written back",
-            merged.escaping_links
-        ));
-    }
-    if merged.failed > 0 {
-        report.warnings.push(format!(
-            "{} output entries could not be written back to {}",
-            merged.failed,
-            inputs.output.as_deref().unwrap_or(Path::new("?")).display()
-        ));
-    }
     Ok(report)
+}
+
+fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
+    if policy.capture {
+        Capped::capture(policy.limits.max_output)
+    } else {
+        Capped::pass_through(policy.limits.max_output, stderr)
+    }
+}
+
+/// Starts pasta in the init's namespaces (sent by the executor).
+fn connect(r: &RunCtx, pasta: &Path, status: &OwnedFd) -> Result<(), crate::Error> {
+    let (netns, pidns) = receive_namespaces(status)?;
+    let target = crate::net::Target {
+        netns,
+        pidns,
+        run_dir: &r.mnt.join("net"),
+        sandbox_ids: match r.mode {
+            Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+            Mode::Rootless => None,
+        },
+    };
+    crate::net::start(pasta, &target).map_err(crate::Error::from)
+}
+
+/// How long a warm interpreter may take to start (an image's first start can be slow
+/// on a loaded host; a pool never waits for it on a claim).
+const WARM_START: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A started warm sandbox: waits for its interpreter's "ready" byte, tells the pool,
+/// waits for the claim and stages the claim's files.
+fn warm_up(c: &Created, claim_dir: Option<&Path>, w: &mut dyn Warm) -> Result<Claim, crate::Error> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let not_started = || input_err("the sandbox's interpreter did not start".into());
+    let mut fds = [
+        PollFd::new(c.out_r.as_fd(), PollFlags::POLLIN),
+        PollFd::new(c.pidfd.as_fd(), PollFlags::POLLIN),
+    ];
+    let ms = PollTimeout::try_from(WARM_START.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, ms) {
+        Ok(n) if n > 0 => {}
+        _ => return Err(not_started().into()),
+    }
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(c.out_r.as_raw_fd(), &mut byte) {
+        Ok(1) if byte[0] == 0x06 => {}
+        _ => return Err(not_started().into()),
+    }
+    mark("interpreter ready");
+    w.ready().map_err(io_err("announcing the sandbox"))?;
+    let claim = w
+        .claim(c.pidfd.as_fd())
+        .map_err(io_err("waiting for the run"))?
+        .ok_or_else(|| input_err("the sandbox was not claimed".into()))?;
+    if let Some(dir) = claim_dir {
+        stage::write_claim_files(dir, &claim.files)?;
+    }
+    Ok(claim)
 }
 
 /// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC

@@ -2,8 +2,12 @@
 //! whether the cgroup saw an OOM kill and whether the output folder filled up.
 
 use std::io;
+use std::path::Path;
 
-use super::{ResolvedImage, Status, supervise};
+use super::inputs::Inputs;
+use super::{HOST_NETWORK_WARNING, ResolvedImage, Status, output, supervise};
+use crate::limits::CgroupSupport;
+use crate::policy::{Network, RunPolicy};
 use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
 
 /// The report from what supervision saw, what the init reported, whether the cgroup saw
@@ -76,5 +80,65 @@ pub(super) fn make_report(
         seccomp_refused: Refusal::tally(&supervised.refused),
         error,
         warnings: Vec::new(),
+        pool: None,
+    }
+}
+
+/// The report's warnings: what staging and the inputs said, then every limit or budget
+/// that is not what was asked, and what the output merge left out.
+pub(super) fn add_warnings(
+    report: &mut RunReport,
+    policy: &RunPolicy,
+    inputs: &Inputs,
+    cgroups: CgroupSupport,
+    staged: Vec<String>,
+    not_capped: Vec<String>,
+    merged: &output::Merged,
+) {
+    let w = &mut report.warnings;
+    w.extend(inputs.warnings.iter().cloned());
+    w.extend(staged);
+    if let Some(cpus) = policy.limits.cpus
+        && !cgroups.enforces_memory()
+    {
+        w.push(format!(
+            "--cpus {cpus} is not enforced: no CPU controller is usable here (cgroups need root, or a delegated cgroup v2); --strict-limits refuses to run instead"
+        ));
+    }
+    w.extend(
+        not_capped
+            .into_iter()
+            .map(|n| format!("a kernel budget of the sandbox is not capped: {n}")),
+    );
+    if policy.network == Network::Host {
+        w.push(HOST_NETWORK_WARNING.into());
+    }
+    if report.signal == Some(libc::SIGSYS) {
+        report.warnings.push(
+            "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
+        );
+    }
+    let output = || inputs.output.as_deref().unwrap_or(Path::new("?")).display();
+    if merged.dropped > 0 {
+        report.warnings.push(format!(
+            "{} output entries were not written back to {}: they would have put more than the output limit ({} bytes) on the host, or were nested deeper than {} folders",
+            merged.dropped,
+            output(),
+            policy.limits.output_cap(),
+            output::MAX_DEPTH
+        ));
+    }
+    if merged.escaping_links > 0 {
+        report.warnings.push(format!(
+            "{} symbolic links in the output folder point outside it and were not written back",
+            merged.escaping_links
+        ));
+    }
+    if merged.failed > 0 {
+        report.warnings.push(format!(
+            "{} output entries could not be written back to {}",
+            merged.failed,
+            output()
+        ));
     }
 }

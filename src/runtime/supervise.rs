@@ -39,6 +39,8 @@ pub enum Input {
     Fd(OwnedFd),
     /// Nothing: the pipe is closed at once.
     None,
+    /// These bytes, then end of file (a pool worker's claimed request).
+    Bytes(Vec<u8>),
 }
 
 pub struct Supervisor {
@@ -110,7 +112,15 @@ impl Supervisor {
         if let Some(fd) = &self.to_sandbox {
             set_nonblocking(fd.as_raw_fd())?;
         }
-        let mut pending: Vec<u8> = Vec::new();
+        let mut pending: Vec<u8> = match &mut self.input {
+            Input::Bytes(b) => std::mem::take(b),
+            _ => Vec::new(),
+        };
+        // Given bytes: the pipe closes once they are written (or at once if empty).
+        let given = matches!(self.input, Input::Bytes(_));
+        if given && pending.is_empty() {
+            self.to_sandbox = None;
+        }
         let mut out_open = true;
         let mut err_open = true;
         let mut out_writable = true;
@@ -249,6 +259,9 @@ impl Supervisor {
                     unsafe { libc::write(fd.as_raw_fd(), pending.as_ptr().cast(), pending.len()) };
                 if w > 0 {
                     pending.drain(..w as usize);
+                    if given && pending.is_empty() {
+                        self.to_sandbox = None; // EOF after the given bytes
+                    }
                 } else if w < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
                     // The script closed its stdin: stop feeding it.
                     input_open = false;
