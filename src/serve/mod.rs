@@ -85,7 +85,8 @@ impl App {
         let given = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // `Bearer TOKEN`, or the bare token as Piston's public API took it.
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
             .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
             .unwrap_or("");
         let given = sha2_of(given.trim());
@@ -157,7 +158,16 @@ fn parse<T: serde::de::DeserializeOwned>(h: &HeaderMap, body: &Bytes) -> Result<
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| Refused(400, format!("bad request body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        if at.is_empty() || at == "." {
+            Refused(400, format!("bad request body: {inner}"))
+        } else {
+            Refused(400, format!("bad request body: {at}: {inner}"))
+        }
+    })
 }
 
 type Shared = State<Arc<App>>;
@@ -326,6 +336,9 @@ pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .route("/v1/run", post(v1_run))
         .route("/api/v2/execute", post(piston_execute))
         .route("/api/v2/runtimes", get(piston_runtimes))
+        // Piston clients that join a base URL ending in `/` with `execute/`.
+        .route("/api/v2/execute/", post(piston_execute))
+        .route("/api/v2/runtimes/", get(piston_runtimes))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

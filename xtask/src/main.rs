@@ -10,11 +10,15 @@
 //! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
 //! root and as uid 65534.
 //!
+//! `cargo xtask bench --pool [--runs N] [--load N]`: the warm pool and `pysandbox serve`
+//! against the floor (latency, throughput, a bounded load run; see `pool.rs`).
+//!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
 //! `compat.rs`).
 
 mod compat;
+mod pool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -103,12 +107,18 @@ impl Case {
 
 fn bench(args: &[String]) -> Result<()> {
     let phases_only = args.iter().any(|a| a == "--phases");
-    let args: Vec<String> = args.iter().filter(|a| *a != "--phases").cloned().collect();
-    let runs: usize = match args.as_slice() {
-        [flag, n] if flag == "--runs" => n.parse().context("--runs N")?,
-        [] => 30,
-        _ => bail!("usage: cargo xtask bench [--phases] [--runs N]"),
-    };
+    let pool_only = args.iter().any(|a| a == "--pool");
+    let mut runs = 30;
+    let mut load = 0;
+    let mut rest = args.iter().filter(|a| *a != "--phases" && *a != "--pool");
+    while let Some(flag) = rest.next() {
+        let n = rest.next().and_then(|n| n.parse().ok());
+        match (flag.as_str(), n) {
+            ("--runs", Some(n)) => runs = n,
+            ("--load", Some(n)) => load = n,
+            _ => bail!("usage: cargo xtask bench [--phases | --pool [--load N]] [--runs N]"),
+        }
+    }
     let root = workspace_root();
     eprintln!("building pysandbox and rootfs-builder (release)...");
     sh(Command::new("cargo")
@@ -155,6 +165,9 @@ fn bench(args: &[String]) -> Result<()> {
     let hp = host_python.to_string_lossy().into_owned();
     if phases_only {
         return phases(&pysandbox, &tmp, &data, runs);
+    }
+    if pool_only {
+        return pool::bench(&pysandbox, &hp, runs, load);
     }
     // The unprivileged user's rows run Debian's python3, which its default image holds.
     let hp_user = "/usr/bin/python3".to_string();

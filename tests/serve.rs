@@ -1,0 +1,593 @@
+//! `pysandbox serve` through a real HTTP client on loopback: every endpoint, auth, bad
+//! requests, limits, concurrency without cross-talk, runs that time out / OOM / flood,
+//! SIGTERM drain, SIGKILL then restart, refill after the pool's sandboxes are killed, and
+//! an unmodified Piston client library from PyPI.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Server {
+    child: Option<Child>,
+    base: String,
+    /// `--pids N`, unique per server: finds its workers among other tests'.
+    tag: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+impl Server {
+    fn start(who: Who, pids: u64, extra: &[&str]) -> Server {
+        let dir = workdir(who);
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+        if matches!(who, Who::User | Who::UserInUserns) {
+            std::os::unix::fs::chown(&tokens, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let pids_s = pids.to_string();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &listen,
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--pids",
+            &pids_s,
+        ];
+        args.extend_from_slice(extra);
+        let child = command(who, dir.path(), &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            tag: format!("--pids\u{0}{pids}\u{0}"),
+            _dir: dir,
+        };
+        let t = Instant::now();
+        loop {
+            if let Ok(mut r) = agent().get(format!("{}/v1/health", s.base)).call() {
+                let v: Value = r.body_mut().read_json().unwrap();
+                if v["pool"]["idle"].as_u64() >= v["pool"]["size"].as_u64() {
+                    break;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut r = agent()
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .send_json(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_json().unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = agent()
+            .get(format!("{}{path}", self.base))
+            .header("X-API-Key", TOKEN)
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    fn workers(&self) -> Vec<i32> {
+        processes_with("--pool-worker")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&self.tag))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // The server is the last process of the wrapper chain (setpriv and unshare exec).
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().unwrap()
+    }
+
+    fn wait_workers_gone(&self) {
+        let t = Instant::now();
+        while !self.workers().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "workers left: {:?}",
+                self.workers()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+        }
+    }
+}
+
+each_mode!(endpoints_auth_and_bad_requests, |who| {
+    let s = Server::start(who, 91 + who as u64, &["--pool", "2"]);
+    let url = |p: &str| format!("{}{p}", s.base);
+    // Auth: none, wrong, Bearer, bare Authorization, X-API-Key.
+    let body = json!({"code": "print(6 * 7)"});
+    for (h, v, want) in [
+        ("X-None", "x", 401),
+        ("Authorization", "Bearer wrong-token-wrong-token", 401),
+        ("Authorization", &format!("Bearer {TOKEN}") as &str, 200),
+        ("Authorization", TOKEN, 200),
+        ("X-API-Key", TOKEN, 200),
+    ] {
+        let r = agent()
+            .post(url("/v1/run"))
+            .header(h, v)
+            .send_json(&body)
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{h}: {v}");
+    }
+    for p in ["/metrics", "/api/v2/runtimes"] {
+        assert_eq!(
+            agent().get(url(p)).call().unwrap().status().as_u16(),
+            401,
+            "{p}"
+        );
+    }
+    // /v1/run: the report of `pysandbox run --json`.
+    let (st, r) = s.post(
+        "/v1/run",
+        &json!({"code": "import sys, os\nprint(sys.argv[1:], sys.stdin.read(), os.environ['K'])",
+                "args": ["a", "b"], "stdin": "in", "env": {"K": "v"}}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["stdout"]["text"], "['a', 'b'] in v\n", "{r}");
+    assert_eq!(r["schema"], 1);
+    assert!(r["pool"]["warm"].is_boolean(), "{r}");
+    // Files, a chosen script, and a nonzero exit.
+    let (st, r) = s.post(
+        "/v1/run",
+        &json!({"files": [{"name": "lib.py", "content": "X = 5"},
+                          {"name": "go.py", "content": "import lib, sys\nprint(lib.X)\nsys.exit(4)"}],
+                "script": "go.py"}),
+    );
+    assert_eq!((st, r["exit_code"].as_i64()), (200, Some(4)), "{r}");
+    assert_eq!(r["stdout"]["text"], "5\n");
+    // Piston: files[0] runs, other files beside it, encodings, args, stdin.
+    let (st, r) = s.post(
+        "/api/v2/execute",
+        &json!({"language": "py3", "version": "3.x",
+                "files": [{"name": "m.py", "content": "import sys\nprint(open('d.bin','rb').read(), open('h.txt').read(), sys.argv[1:], input())"},
+                          {"name": "d.bin", "content": "AAE=", "encoding": "base64"},
+                          {"name": "h.txt", "content": "6869", "encoding": "hex"}],
+                "stdin": "line", "args": ["x"], "run_timeout": 5000, "run_memory_limit": -1}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["language"], "python");
+    assert_eq!(r["run"]["stdout"], "b'\\x00\\x01' hi ['x'] line\n", "{r}");
+    assert_eq!(r["run"]["code"], 0);
+    assert_eq!(r["run"]["status"], Value::Null);
+    assert_eq!(r["run"]["pysandbox"]["status"], "ok");
+    let (st, r) = s.post(
+        "/api/v2/execute",
+        &json!({"language": "python", "version": "*", "files": [{"content": "raise ValueError('boom')"}]}),
+    );
+    assert_eq!((st, r["run"]["status"].as_str()), (200, Some("RE")), "{r}");
+    assert!(
+        r["run"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: boom")
+    );
+    assert_eq!(r["run"]["code"], 1);
+    // Runtimes, health, metrics.
+    let (st, rt) = s.get("/api/v2/runtimes");
+    let rt: Value = serde_json::from_str(&rt).unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(rt[0]["language"], "python");
+    let version = rt[0]["version"].as_str().unwrap().to_string();
+    assert!(version.starts_with("3."), "{rt}");
+    let (st, h) = s.get("/v1/health");
+    assert_eq!(st, 200, "{h}");
+    let (st, m) = s.get("/metrics");
+    assert_eq!(st, 200);
+    assert!(m.contains("pysandbox_runs_total{status=\"ok\"}"), "{m}");
+    assert!(m.contains("pysandbox_request_seconds_bucket"), "{m}");
+    assert!(m.contains("pysandbox_pool_warm_ratio"), "{m}");
+    // Bad requests: each refused with its reason.
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v1/run",
+            json!({"code": "1", "colour": "red"}),
+            400,
+            "colour",
+        ),
+        ("/v1/run", json!({"code": 5}), 400, "code"),
+        ("/v1/run", json!({}), 400, "code or files"),
+        (
+            "/v1/run",
+            json!({"code": "1", "timeout_ms": 3_600_000}),
+            400,
+            "timeout",
+        ),
+        (
+            "/v1/run",
+            json!({"code": "1", "memory_bytes": 1u64 << 40}),
+            400,
+            "memory",
+        ),
+        ("/v1/run", json!({"code": "1", "pids": 100000}), 400, "pids"),
+        (
+            "/v1/run",
+            json!({"code": "1", "env": {"A-B": "x"}}),
+            400,
+            "A-B",
+        ),
+        (
+            "/v1/run",
+            json!({"files": [{"name": "../x.py", "content": "1"}]}),
+            400,
+            "plain relative",
+        ),
+        (
+            "/v1/run",
+            json!({"files": [{"name": "a.py", "content": "%", "encoding": "base64"}]}),
+            400,
+            "base64",
+        ),
+        (
+            "/api/v2/execute",
+            json!({"language": "ruby", "version": "*", "files": [{"content": "1"}]}),
+            400,
+            "runtime is unknown",
+        ),
+        (
+            "/api/v2/execute",
+            json!({"language": "python", "version": "2.7", "files": [{"content": "1"}]}),
+            400,
+            "runtime is unknown",
+        ),
+        (
+            "/api/v2/execute",
+            json!({"language": "python", "version": "*"}),
+            400,
+            "files",
+        ),
+        (
+            "/api/v2/execute",
+            json!({"language": "python", "version": "*", "files": [{"content": "1"}], "run_timeout": -5}),
+            400,
+            "run_timeout",
+        ),
+    ];
+    for (path, body, code, says) in cases {
+        let (st, r) = s.post(path, &body);
+        assert_eq!(st, code, "{body} -> {r}");
+        assert!(
+            r["message"].as_str().unwrap_or("").contains(says),
+            "{body} -> {r}"
+        );
+    }
+    let raw = |ct: &str, body: Vec<u8>| {
+        let mut r = agent()
+            .post(url("/v1/run"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", ct)
+            .send(&body[..])
+            .unwrap();
+        let st = r.status().as_u16();
+        (st, r.body_mut().read_to_string().unwrap_or_default())
+    };
+    assert_eq!(raw("application/json", b"{not json".to_vec()).0, 400);
+    assert_eq!(raw("text/plain", b"{\"code\":\"1\"}".to_vec()).0, 415);
+    let huge = format!("{{\"code\":\"#{}\"}}", "x".repeat(9 << 20));
+    assert_eq!(raw("application/json", huge.into_bytes()).0, 413);
+    assert_eq!(s.get("/nope").0, 404);
+});
+
+#[test]
+fn a_public_address_needs_a_token() {
+    if !available(Who::Root) {
+        return;
+    }
+    let dir = workdir(Who::Root);
+    let port = free_port().to_string();
+    let o = run_in(
+        Who::Root,
+        dir.path(),
+        &["serve", "--listen", &format!("0.0.0.0:{port}")],
+        b"",
+    );
+    assert_code(&o, 125, "serve on 0.0.0.0 without a token");
+    assert!(stderr(&o).contains("without a token"), "{}", stderr(&o));
+    std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+    let o = run_in(
+        Who::Root,
+        dir.path(),
+        &["serve", "--token-file", "short"],
+        b"",
+    );
+    assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
+}
+
+each_mode!(concurrent_requests_never_cross_talk, |who| {
+    let s = Server::start(
+        who,
+        101 + who as u64,
+        &["--pool", "4", "--max-concurrent", "8"],
+    );
+    let n = 200;
+    let results: Vec<(usize, u16, Value)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let s = &s;
+                sc.spawn(move || {
+                    (0..n / 16 + 1)
+                        .map(|i| i * 16 + t)
+                        .filter(|k| *k < n)
+                        .map(|k| {
+                            let (st, r) = s.post(
+                                "/v1/run",
+                                &json!({"code": "import sys, os\nprint(sys.argv[1], sys.stdin.read(), os.environ['TAG'], open('f.txt').read())",
+                                        "args": [format!("arg{k}")], "stdin": format!("in{k}"),
+                                        "env": {"TAG": format!("env{k}")},
+                                        "files": [{"name": "f.txt", "content": format!("file{k}")}],
+                                        "script": null}),
+                            );
+                            (k, st, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.len(), n);
+    let mut ids = std::collections::HashSet::new();
+    let mut warm = 0;
+    for (k, st, r) in results {
+        assert_eq!(st, 200, "{k}: {r}");
+        assert_eq!(
+            r["stdout"]["text"],
+            format!("arg{k} in{k} env{k} file{k}\n"),
+            "{k}: {r}"
+        );
+        assert!(ids.insert(r["id"].as_str().unwrap().to_string()));
+        warm += r["pool"]["warm"].as_bool().unwrap() as usize;
+    }
+    assert!(warm > 0, "no run was warm");
+});
+
+each_mode!(timeouts_oom_and_floods_through_the_api, |who| {
+    let s = Server::start(
+        who,
+        111 + who as u64,
+        &["--pool", "2", "--max-output", "64K"],
+    );
+    let t = Instant::now();
+    let (st, r) = s.post(
+        "/api/v2/execute",
+        &json!({"language": "python", "version": "*", "files": [{"content": "while True: pass"}], "run_timeout": 800}),
+    );
+    assert_eq!((st, r["run"]["status"].as_str()), (200, Some("TO")), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    let (st, r) = s.post(
+        "/v1/run",
+        &json!({"code": "x = bytearray(400 << 20); print(len(x))", "memory_bytes": 64u64 << 20}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert!(
+        ["oom", "exit_nonzero"].contains(&r["status"].as_str().unwrap()),
+        "{r}"
+    );
+    assert_eq!(
+        r["pool"]["warm"], false,
+        "other limits than the pool's: a sandbox of its own"
+    );
+    let (st, r) = s.post("/v1/run", &json!({"code": "print('y' * (8 << 20))"}));
+    assert_eq!(
+        (st, r["status"].as_str()),
+        (200, Some("output_limit")),
+        "{r}"
+    );
+    assert!(r["stdout"]["dropped_bytes"].as_u64().unwrap() > 0);
+    assert!(r["stdout"]["text"].as_str().unwrap().len() <= 64 << 10);
+    let (st, r) = s.post(
+        "/api/v2/execute",
+        &json!({"language": "python", "version": "*", "files": [{"content": "print('y' * (8 << 20))"}]}),
+    );
+    assert_eq!((st, r["run"]["status"].as_str()), (200, Some("OL")), "{r}");
+});
+
+each_mode!(sigterm_drains_and_sigkill_leaves_nothing, |who| {
+    let mut s = Server::start(who, 121 + who as u64, &["--pool", "2"]);
+    assert_eq!(s.workers().len(), 2);
+    // A run in flight when SIGTERM arrives finishes and is answered.
+    let base = s.base.clone();
+    let inflight = std::thread::spawn(move || {
+        let mut r = agent()
+            .post(format!("{base}/v1/run"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .send_json(json!({"code": "import time; time.sleep(2); print('done')"}))
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_json::<Value>().unwrap(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let st = s.signal(libc::SIGTERM);
+    let (code, r) = inflight.join().unwrap();
+    assert_eq!(
+        (code, r["stdout"]["text"].as_str()),
+        (200, Some("done\n")),
+        "{r}"
+    );
+    assert!(st.success(), "serve exited with {st}");
+    s.wait_workers_gone();
+    assert!(processes_with(&r["id"].as_str().unwrap().to_string()).is_empty());
+    // SIGKILL: the workers see their pipe close and end their sandboxes; a new server
+    // starts cleanly.
+    let mut s = Server::start(who, 121 + who as u64, &["--pool", "2"]);
+    let st = s.signal(libc::SIGKILL);
+    assert!(!st.success());
+    s.wait_workers_gone();
+    let s = Server::start(who, 121 + who as u64, &["--pool", "2"]);
+    let (st, r) = s.post("/v1/run", &json!({"code": "print('again')"}));
+    assert_eq!(
+        (st, r["stdout"]["text"].as_str()),
+        (200, Some("again\n")),
+        "{r}"
+    );
+});
+
+each_mode!(the_pool_refills_after_its_sandboxes_are_killed, |who| {
+    let s = Server::start(who, 131 + who as u64, &["--pool", "2"]);
+    let workers = s.workers();
+    assert_eq!(workers.len(), 2);
+    // Kill each worker's interpreter from outside (as an OOM killer or an admin would).
+    let mut killed = 0;
+    for pid in processes_with("_pysandbox_bootstrap") {
+        let mut p = pid;
+        while p > 1 {
+            if workers.contains(&p) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed += 1;
+                break;
+            }
+            p = ppid(p);
+        }
+    }
+    assert_eq!(killed, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let (st, r) = s.post("/v1/run", &json!({"code": "print('still here')"}));
+        assert_eq!(
+            (st, r["stdout"]["text"].as_str()),
+            (200, Some("still here\n")),
+            "{r}"
+        );
+    }
+    let t = Instant::now();
+    loop {
+        let (_, h) = s.get("/v1/health");
+        let h: Value = serde_json::from_str(&h).unwrap();
+        if h["pool"]["idle"] == 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "never refilled: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, m) = s.get("/metrics");
+    assert!(!m.contains("pysandbox_pool_retired_total 0\n"), "{m}");
+});
+
+fn ppid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_unmodified_piston_client_works() {
+    // aiopyston from PyPI (needs a package index; PYSANDBOX_TEST_NO_INDEX=1 skips).
+    if !available(Who::Root) {
+        return;
+    }
+    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
+        eprintln!("SKIP: PYSANDBOX_TEST_NO_INDEX=1");
+        return;
+    }
+    let venv = tempfile::tempdir().unwrap();
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(venv.path())
+        .status()
+        .unwrap()
+        .success()
+        && Command::new(venv.path().join("bin/pip"))
+            .args(["install", "-q", "aiopyston==1.2.1"])
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "installing aiopyston from the package index failed");
+    let s = Server::start(Who::Root, 141, &["--pool", "2"]);
+    let client = r#"
+import asyncio, sys
+from pyston import PystonClient, File
+
+async def main(base, key):
+    c = PystonClient(api_key=key, base_url=base)
+    runtimes = await c.runtimes()
+    assert any(r.language == "python" for r in runtimes), runtimes
+    out = await c.execute("python", [File("import sys\nprint(sys.argv[1:], input())", "m.py")], stdin="hi", args=["a"])
+    print(out.run_stage.stdout, out.run_stage.code, sep="|", end="")
+    bad = await c.execute("py", [File("raise SystemExit(3)")])
+    print("|", bad.run_stage.code, sep="")
+    await c.close_session()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+    let mut child = Command::new(venv.path().join("bin/python"))
+        .args(["-", &format!("{}/api/v2/", s.base), TOKEN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(client.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "['a'] hi\n|0|3\n");
+}
