@@ -465,7 +465,7 @@ each_mode!(sigterm_drains_and_sigkill_leaves_nothing, |who| {
     );
     assert!(st.success(), "serve exited with {st}");
     s.wait_workers_gone();
-    assert!(processes_with(&r["id"].as_str().unwrap().to_string()).is_empty());
+    assert!(processes_with(r["id"].as_str().unwrap()).is_empty());
     // SIGKILL: the workers see their pipe close and end their sandboxes; a new server
     // starts cleanly.
     let mut s = Server::start(who, 121 + who as u64, &["--pool", "2"]);
