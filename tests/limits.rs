@@ -20,71 +20,9 @@ fn json_run(who: Who, body: &str, extra: &[&str]) -> (Value, std::process::Outpu
     (v, o)
 }
 
-/// A small JSON Schema checker covering what `schema/report-v1.json` uses: type (incl.
-/// unions), enum, required, properties, additionalProperties: false, items, $ref.
-fn check(v: &Value, s: &Value, root: &Value, at: &str) {
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        let name = r.trim_start_matches("#/$defs/");
-        return check(v, &root["$defs"][name], root, at);
-    }
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(x) => vec![x.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        let ok = types.iter().any(|t| match *t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "number" => v.is_number(),
-            "null" => v.is_null(),
-            "boolean" => v.is_boolean(),
-            _ => false,
-        });
-        assert!(ok, "{at}: {v} is not {types:?}");
-    }
-    if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        assert!(e.contains(v), "{at}: {v} not in {e:?}");
-    }
-    if let Some(obj) = v.as_object() {
-        for r in s
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            assert!(obj.contains_key(r.as_str().unwrap()), "{at}: missing {r}");
-        }
-        let props = s.get("properties").and_then(Value::as_object);
-        for (k, val) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(ps) => check(val, ps, root, &format!("{at}.{k}")),
-                None => assert!(
-                    s.get("additionalProperties") != Some(&Value::Bool(false)),
-                    "{at}: unexpected field {k}"
-                ),
-            }
-        }
-    }
-    if let (Some(arr), Some(items)) = (v.as_array(), s.get("items")) {
-        for (i, x) in arr.iter().enumerate() {
-            check(x, items, root, &format!("{at}[{i}]"));
-        }
-    }
-}
-
 fn validate(report: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schema/report-v1.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    check(report, &schema, &schema, "report");
+    let schema = common::schema::load("report-v1.json");
+    common::schema::check(report, &schema, &schema, "report");
 }
 
 each_mode!(json_report_matches_the_schema, |who| {

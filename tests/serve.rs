@@ -591,3 +591,100 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "['a'] hi\n|0|3\n");
 }
+
+#[test]
+fn answers_match_the_openapi_document() {
+    if !available(Who::Root) {
+        return;
+    }
+    use common::schema::{check, load};
+    let spec = load("openapi.yaml");
+    let s = Server::start(Who::Root, 151, &["--pool", "1"]);
+    let run = json!({"code": "print(1)", "args": ["a"], "env": {"A": "b"}, "timeout_ms": 5000});
+    let piston = json!({"language": "python", "version": "*", "files": [{"name": "m.py", "content": "print(1)"}],
+                        "stdin": "", "args": [], "run_timeout": 3000, "compile_timeout": 10000,
+                        "run_memory_limit": -1, "compile_memory_limit": -1});
+    let cases: Vec<(&str, &str, Option<Value>, bool, u16)> = vec![
+        ("post", "/v1/run", Some(run.clone()), true, 200),
+        ("post", "/v1/run", Some(json!({"code": 1})), true, 400),
+        ("post", "/v1/run", Some(run), false, 401),
+        ("post", "/api/v2/execute", Some(piston.clone()), true, 200),
+        (
+            "post",
+            "/api/v2/execute",
+            Some(json!({"language": "cobol", "version": "*", "files": []})),
+            true,
+            400,
+        ),
+        ("post", "/api/v2/execute", Some(piston), false, 401),
+        ("get", "/api/v2/runtimes", None, true, 200),
+        ("get", "/api/v2/runtimes", None, false, 401),
+        ("get", "/v1/health", None, false, 200),
+        ("get", "/metrics", None, true, 200),
+        ("get", "/metrics", None, false, 401),
+    ];
+    let mut covered = std::collections::BTreeSet::new();
+    for (method, path, body, auth, want) in cases {
+        let op = &spec["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not in the document");
+        covered.insert(path);
+        if let (Some(b), 200) = (&body, want) {
+            let req = &op["requestBody"]["content"]["application/json"]["schema"];
+            check(b, req, &spec, &format!("request of {method} {path}"));
+        }
+        let url = format!("{}{path}", s.base);
+        let mut r = match &body {
+            Some(b) => {
+                let rb = agent().post(&url);
+                let rb = if auth {
+                    rb.header("X-API-Key", TOKEN)
+                } else {
+                    rb
+                };
+                rb.send_json(b).unwrap()
+            }
+            None => {
+                let rb = agent().get(&url);
+                let rb = if auth {
+                    rb.header("X-API-Key", TOKEN)
+                } else {
+                    rb
+                };
+                rb.call().unwrap()
+            }
+        };
+        assert_eq!(r.status().as_u16(), want, "{method} {path}");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let text = r.body_mut().read_to_string().unwrap();
+        let mut resp = op["responses"][want.to_string()].clone();
+        if let Some(rf) = resp.get("$ref").and_then(Value::as_str) {
+            resp = common::schema::resolve(rf, &spec).0;
+        }
+        let schema = &resp["content"][&ct]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path} {want}: {ct} is not documented"
+        );
+        let v = if ct == "application/json" {
+            serde_json::from_str(&text).unwrap()
+        } else {
+            Value::String(text)
+        };
+        check(&v, schema, &spec, &format!("{method} {path} {want}"));
+    }
+    let documented: std::collections::BTreeSet<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(documented, covered, "every documented path is tested");
+}

@@ -294,12 +294,10 @@ fn run(a: RunArgs) -> Result<i32> {
     let json = a.json;
     let worker = a.pool_worker;
     let policy = build_policy(a)?;
-    let result = if worker {
-        pysandbox::pool::worker::run_worker(&policy)
-    } else {
-        pysandbox::run_in_this_process(&policy)
-    };
-    let report = match result {
+    if worker {
+        return Ok(pysandbox::pool::worker::run_worker(&policy));
+    }
+    let report = match pysandbox::run_in_this_process(&policy) {
         Ok(r) => r,
         Err(e) if json => {
             // Even a failure to start is one JSON report, with status sandbox_error.

@@ -15,9 +15,23 @@ use crate::runtime::{self, Claim, Warm};
 /// The largest claim line a worker reads (the server's body cap is far below).
 const MAX_CLAIM: u64 = 256 << 20;
 
-struct Stdio;
+/// The worker's side of the pipes to its pool; `answered` once the report is out.
+struct Stdio {
+    answered: bool,
+}
 
 impl Warm for Stdio {
+    fn finished(&mut self, result: &Result<RunReport, crate::Error>) {
+        let report = match result {
+            Ok(r) => r.clone(),
+            Err(e) => RunReport::failed(e.to_string()),
+        };
+        if let Ok(line) = serde_json::to_string(&report) {
+            let mut out = io::stdout().lock();
+            self.answered = writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
+        }
+    }
+
     fn ready(&mut self) -> io::Result<()> {
         let mut out = io::stdout().lock();
         out.write_all(b"ready\n")?;
@@ -63,7 +77,18 @@ impl Warm for Stdio {
     }
 }
 
-/// Runs this process as a pool worker for `policy` (whose script is the bootstrap).
-pub fn run_worker(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
-    runtime::run_warm(policy, &mut Stdio)
+/// Runs this process as a pool worker for `policy` (whose script is the bootstrap):
+/// prints the report (or, if the run never started, a failed report) as one JSON line as
+/// soon as the run ends, before the teardown. Returns `pysandbox run`'s exit status.
+pub fn run_worker(policy: &RunPolicy) -> i32 {
+    let mut io = Stdio { answered: false };
+    let result = runtime::run_warm(policy, &mut io);
+    if !io.answered {
+        // Failed before the sandbox existed (bad policy, host problem).
+        io.finished(&result);
+    }
+    match result {
+        Ok(r) => r.cli_exit_code(),
+        Err(_) => crate::report::EXIT_SANDBOX_ERROR,
+    }
 }

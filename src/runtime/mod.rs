@@ -151,6 +151,8 @@ pub trait Warm {
     /// Waits for the claim. `sandbox` is the init's pidfd (readable once it exits).
     /// `None`: nobody will claim this sandbox (the pool went away, or it died idle).
     fn claim(&mut self, sandbox: BorrowedFd<'_>) -> io::Result<Option<Claim>>;
+    /// The run is over and reported; the teardown (cgroups, locks) comes after this.
+    fn finished(&mut self, result: &Result<RunReport, crate::Error>);
 }
 
 /// A claimed run: what the interpreter reads on stdin (its request, then the script's
@@ -255,7 +257,14 @@ fn run_prepared(
         cgroups,
         pasta,
     };
-    let result = launch(&ctx, warm);
+    let result = match warm {
+        Some(w) => {
+            let r = launch(&ctx, Some(&mut *w));
+            w.finished(&r);
+            r
+        }
+        None => launch(&ctx, None),
+    };
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
