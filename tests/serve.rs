@@ -465,7 +465,12 @@ each_mode!(sigterm_drains_and_sigkill_leaves_nothing, |who| {
     );
     assert!(st.success(), "serve exited with {st}");
     s.wait_workers_gone();
-    assert!(processes_with(r["id"].as_str().unwrap()).is_empty());
+    let id = r["id"].as_str().unwrap();
+    assert!(processes_with(id).is_empty());
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = ctrl.path().join("pysandbox").join(id);
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
     // SIGKILL: the workers see their pipe close and end their sandboxes; a new server
     // starts cleanly.
     let mut s = Server::start(who, 121 + who as u64, &["--pool", "2"]);
