@@ -693,3 +693,32 @@ fn answers_match_the_openapi_document() {
         .collect();
     assert_eq!(documented, covered, "every documented path is tested");
 }
+
+#[test]
+fn over_the_concurrency_cap_is_503_with_retry_after() {
+    if !available(Who::Root) {
+        return;
+    }
+    let s = Server::start(
+        Who::Root,
+        161,
+        &["--pool", "1", "--max-concurrent", "1", "--max-queue", "0"],
+    );
+    std::thread::scope(|sc| {
+        let slow = sc.spawn(|| s.post("/v1/run", &json!({"code": "import time; time.sleep(2)"})));
+        std::thread::sleep(Duration::from_millis(600));
+        let r = agent()
+            .post(format!("{}/v1/run", s.base))
+            .header("X-API-Key", TOKEN)
+            .send_json(json!({"code": "print(1)"}))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(slow.join().unwrap().0, 200);
+    });
+    let (st, _) = s.post("/v1/run", &json!({"code": "print(1)"}));
+    assert_eq!(st, 200, "the slot is free again");
+}

@@ -532,6 +532,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         oom_kills > 0,
         merged.full,
     );
+    mark("reported");
     outcome::add_warnings(
         &mut report,
         r.policy,
@@ -596,6 +597,7 @@ fn warm_up(c: &Created, claim_dir: Option<&Path>, w: &mut dyn Warm) -> Result<Cl
         .claim(c.pidfd.as_fd())
         .map_err(io_err("waiting for the run"))?
         .ok_or_else(|| input_err("the sandbox was not claimed".into()))?;
+    mark("claimed");
     if let Some(dir) = claim_dir {
         stage::write_claim_files(dir, &claim.files)?;
     }
