@@ -410,7 +410,9 @@ fn serve(a: ServeArgs) -> Result<i32> {
             t
         }
     };
-    let mut sandbox = pysandbox::Sandbox::new()?
+    // The workers are this very binary, whatever its name or place.
+    let me = std::env::current_exe().context("finding the pysandbox binary")?;
+    let mut sandbox = pysandbox::Sandbox::with_helper(me)
         .memory(defaults.memory)
         .pids(defaults.pids)
         .max_output(defaults.max_output)
