@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
 pub mod serve;
+pub mod session;
 pub mod spec;
 pub mod sys;
 
@@ -35,6 +36,7 @@ pub use error::Error;
 pub use pool::{Pool, PoolConfig, WhenEmpty};
 pub use report::RunReport;
 pub use sandbox::{RunRequest, Sandbox};
+pub use session::{Execution, Session, SessionError};
 
 /// Runs one script in a fresh sandbox in THIS process and reports how it ended; the
 /// script's stdout and stderr go to this process's. For the `pysandbox` binary (and its

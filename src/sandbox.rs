@@ -220,11 +220,36 @@ impl Sandbox {
         c
     }
 
+    /// `pysandbox run --no-fs` running a session's runner for at most `lifetime`, its
+    /// streams passed through (they carry the session's protocol; each execution's own
+    /// output is capped by the runner).
+    pub(crate) fn session_command(&self, lifetime: Duration) -> Command {
+        let mut c = self
+            .clone()
+            .max_output(1 << 40)
+            .command_with(lifetime, false);
+        c.args([
+            "--no-fs",
+            "-e",
+            "MPLBACKEND=Agg",
+            "--code",
+            crate::session::RUNNER,
+        ]);
+        c
+    }
+
     /// `pysandbox run --json` with this configuration's image, limits and flags.
     fn base_command(&self, timeout: Duration) -> Command {
+        self.command_with(timeout, true)
+    }
+
+    fn command_with(&self, timeout: Duration, json: bool) -> Command {
         let l = &self.limits;
         let mut c = Command::new(&self.helper);
-        c.arg("run").arg("--json");
+        c.arg("run");
+        if json {
+            c.arg("--json");
+        }
         c.args(["--timeout", &format!("{}ms", timeout.as_millis())]);
         c.args(["--memory", &l.memory.to_string()]);
         c.args(["--pids", &l.pids.to_string()]);

@@ -26,7 +26,15 @@ use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use wire::{WireClaim, applies_at_claim};
+pub use wire::{WireClaim, applies_at_claim, b64};
+
+/// Decodes standard base64.
+pub fn unb64(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("not valid base64: {e}"))
+}
 
 use crate::report::{PoolRun, RunReport};
 use crate::sandbox::{RunRequest, Sandbox, SandboxError};
