@@ -13,6 +13,7 @@ use common::*;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+const TOKEN2: &str = "other-token-0123456789abcdef";
 
 struct Server {
     child: Option<Child>,
@@ -42,7 +43,7 @@ impl Server {
     fn start(who: Who, pids: u64, extra: &[&str]) -> Server {
         let dir = workdir(who);
         let tokens = dir.path().join("tokens");
-        std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+        std::fs::write(&tokens, format!("{TOKEN}\n{TOKEN2}\n")).unwrap();
         if matches!(who, Who::User | Who::UserInUserns) {
             std::os::unix::fs::chown(&tokens, Some(NOBODY), Some(NOBODY)).unwrap();
         }
@@ -108,7 +109,16 @@ impl Server {
     }
 
     fn workers(&self) -> Vec<i32> {
-        processes_with("--pool-worker")
+        self.tagged("--pool-worker")
+    }
+
+    /// pysandbox processes of this server's sessions.
+    fn sessions(&self) -> Vec<i32> {
+        self.tagged("_pysandbox_session")
+    }
+
+    fn tagged(&self, what: &str) -> Vec<i32> {
+        processes_with(what)
             .into_iter()
             .filter(|p| {
                 std::fs::read(format!("/proc/{p}/cmdline"))
@@ -627,7 +637,52 @@ fn answers_match_the_openapi_document() {
         ("get", "/v1/health", None, false, 200),
         ("get", "/metrics", None, true, 200),
         ("get", "/metrics", None, false, 401),
+        (
+            "post",
+            "/v1/sessions",
+            Some(json!({"idle_timeout_s": 60})),
+            true,
+            201,
+        ),
+        (
+            "post",
+            "/v1/sessions/{id}/execute",
+            Some(json!({"code": "x = 1\nprint(x)\nx", "timeout_s": 5})),
+            true,
+            200,
+        ),
+        (
+            "post",
+            "/v1/sessions/{id}/execute",
+            Some(json!({"code": "1/0"})),
+            true,
+            200,
+        ),
+        (
+            "post",
+            "/v1/sessions/{id}/execute",
+            Some(json!({"cod": "1"})),
+            true,
+            400,
+        ),
+        (
+            "post",
+            "/v1/sessions/{id}/files",
+            Some(json!({"path": "f.txt", "content": "hi"})),
+            true,
+            200,
+        ),
+        ("get", "/v1/sessions/{id}/files/{path}", None, true, 200),
+        ("delete", "/v1/sessions/{id}", None, true, 204),
+        (
+            "post",
+            "/v1/sessions/{id}/execute",
+            Some(json!({"code": "1"})),
+            true,
+            410,
+        ),
     ];
+    let mut session_id = String::new();
     let mut covered = std::collections::BTreeSet::new();
     for (method, path, body, auth, want) in cases {
         let op = &spec["paths"][path][method];
@@ -637,8 +692,19 @@ fn answers_match_the_openapi_document() {
             let req = &op["requestBody"]["content"]["application/json"]["schema"];
             check(b, req, &spec, &format!("request of {method} {path}"));
         }
-        let url = format!("{}{path}", s.base);
+        let concrete = path.replace("{id}", &session_id).replace("{path}", "f.txt");
+        let url = format!("{}{concrete}", s.base);
         let mut r = match &body {
+            Some(_) if method == "delete" => unreachable!(),
+            None if method == "delete" => {
+                let rb = agent().delete(&url);
+                let rb = if auth {
+                    rb.header("X-API-Key", TOKEN)
+                } else {
+                    rb
+                };
+                rb.call().unwrap()
+            }
             Some(b) => {
                 let rb = agent().post(&url);
                 let rb = if auth {
@@ -670,6 +736,13 @@ fn answers_match_the_openapi_document() {
             .to_string();
         let text = r.body_mut().read_to_string().unwrap();
         let mut resp = op["responses"][want.to_string()].clone();
+        assert!(
+            resp.is_object(),
+            "{method} {path}: {want} is not documented"
+        );
+        if want == 204 {
+            continue;
+        }
         if let Some(rf) = resp.get("$ref").and_then(Value::as_str) {
             resp = common::schema::resolve(rf, &spec).0;
         }
@@ -684,6 +757,9 @@ fn answers_match_the_openapi_document() {
             Value::String(text)
         };
         check(&v, schema, &spec, &format!("{method} {path} {want}"));
+        if path == "/v1/sessions" {
+            session_id = v["id"].as_str().unwrap().to_string();
+        }
     }
     let documented: std::collections::BTreeSet<&str> = spec["paths"]
         .as_object()
@@ -722,3 +798,156 @@ fn over_the_concurrency_cap_is_503_with_retry_after() {
     let (st, _) = s.post("/v1/run", &json!({"code": "print(1)"}));
     assert_eq!(st, 200, "the slot is free again");
 }
+
+each_mode!(sessions_over_http, |who| {
+    let s = Server::start(
+        who,
+        171 + who as u64,
+        &["--pool", "1", "--max-sessions", "2", "--memory", "128M"],
+    );
+    let call = |method: &str, path: &str, token: &str, body: Option<Value>| {
+        let url = format!("{}{path}", s.base);
+        let mut r = match (method, body) {
+            ("POST", Some(b)) => agent().post(&url).header("X-API-Key", token).send_json(b),
+            ("POST", None) => agent().post(&url).header("X-API-Key", token).send_empty(),
+            ("DELETE", _) => agent().delete(&url).header("X-API-Key", token).call(),
+            _ => agent().get(&url).header("X-API-Key", token).call(),
+        }
+        .unwrap();
+        let st = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (
+            st,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    let (st, created) = call("POST", "/v1/sessions", TOKEN, None);
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(created["expires_at"].as_f64().unwrap() > 1.7e9);
+    let ex = |code: &str| {
+        call(
+            "POST",
+            &format!("/v1/sessions/{id}/execute"),
+            TOKEN,
+            Some(json!({"code": code, "timeout_s": 10})),
+        )
+    };
+    let (st, r) = ex("x = 20\nprint('set')");
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["logs"]["stdout"], json!(["set\n"]));
+    let (_, r) = ex("x * 2 + 2");
+    assert_eq!(r["results"][0]["text"], "42", "{r}");
+    assert_eq!(r["results"][0]["is_main_result"], true);
+    assert_eq!(r["execution_count"], 2);
+    let (_, r) = ex("1/0");
+    assert_eq!(r["error"]["name"], "ZeroDivisionError", "{r}");
+    // Files in and out.
+    let (st, r) = call(
+        "POST",
+        &format!("/v1/sessions/{id}/files"),
+        TOKEN,
+        Some(json!({"path": "in/a.txt", "content": "aGk=", "encoding": "base64"})),
+    );
+    assert_eq!(st, 200, "{r}");
+    ex("open('out.txt', 'w').write(open('in/a.txt').read() * 2)");
+    let (st, r) = call(
+        "GET",
+        &format!("/v1/sessions/{id}/files/out.txt"),
+        TOKEN,
+        None,
+    );
+    assert_eq!((st, r), (200, Value::String("hihi".into())));
+    let (st, _) = call(
+        "GET",
+        &format!("/v1/sessions/{id}/files/missing"),
+        TOKEN,
+        None,
+    );
+    assert_eq!(st, 404);
+    // Another token does not see it; an unknown id is 404.
+    let (st, _) = call(
+        "POST",
+        &format!("/v1/sessions/{id}/execute"),
+        TOKEN2,
+        Some(json!({"code": "x"})),
+    );
+    assert_eq!(st, 404);
+    let (st, _) = call(
+        "POST",
+        "/v1/sessions/ss-nope/execute",
+        TOKEN,
+        Some(json!({"code": "1"})),
+    );
+    assert_eq!(st, 404);
+    // The cap.
+    let (st2, second) = call("POST", "/v1/sessions", TOKEN, None);
+    assert_eq!(st2, 201, "{second}");
+    let (st, r) = call("POST", "/v1/sessions", TOKEN, None);
+    assert_eq!(st, 429, "{r}");
+    // Memory holds for the session as a whole.
+    let mut died = false;
+    for _ in 0..6 {
+        let (st, r) =
+            ex("keep = globals().setdefault('keep', [])\nkeep.append(bytearray(40 << 20))");
+        if st == 410 || r["error"]["name"] == "MemoryError" {
+            died = true;
+            break;
+        }
+    }
+    assert!(died, "240 MiB kept under --memory 128M");
+    // Delete: 204, then 410.
+    let id2 = second["id"].as_str().unwrap();
+    let (st, _) = call("DELETE", &format!("/v1/sessions/{id2}"), TOKEN, None);
+    assert_eq!(st, 204);
+    let (st, r) = call(
+        "POST",
+        &format!("/v1/sessions/{id2}/execute"),
+        TOKEN,
+        Some(json!({"code": "1"})),
+    );
+    assert_eq!(st, 410, "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("session_expired")
+    );
+    // A crash ends the session: 410 with the reason.
+    let (_, c) = call("POST", "/v1/sessions", TOKEN, None);
+    let cid = c["id"].as_str().unwrap().to_string();
+    let (st, r) = call(
+        "POST",
+        &format!("/v1/sessions/{cid}/execute"),
+        TOKEN,
+        Some(json!({"code": "import os; os._exit(3)"})),
+    );
+    assert_eq!(st, 410, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("status 3"), "{r}");
+    // Idle past its timeout: gone, and its sandbox with it.
+    let (st, c) = call(
+        "POST",
+        "/v1/sessions",
+        TOKEN,
+        Some(json!({"idle_timeout_s": 1})),
+    );
+    assert_eq!(st, 201, "{c}");
+    let iid = c["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (st, _) = call(
+        "POST",
+        &format!("/v1/sessions/{iid}/execute"),
+        TOKEN,
+        Some(json!({"code": "1"})),
+    );
+    assert_eq!(st, 410);
+    let t = Instant::now();
+    while s.sessions().len() > 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "session sandboxes left: {:?}",
+            s.sessions()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+});

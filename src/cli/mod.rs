@@ -93,6 +93,15 @@ struct ServeArgs {
     /// Largest request body.
     #[arg(long, value_name = "SIZE", default_value = "8M")]
     max_body: String,
+    /// Most sessions alive at once (beyond: 429).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_sessions: usize,
+    /// A session idle this long is ended (410 after).
+    #[arg(long, value_name = "DUR", default_value = "5m")]
+    session_idle: String,
+    /// Longest life of a session (and most a client may ask).
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    session_lifetime: String,
     /// File with accepted tokens, one per line (Authorization: Bearer, or X-API-Key).
     /// Required to listen on a non-loopback address.
     #[arg(long, value_name = "FILE")]
@@ -372,8 +381,9 @@ fn serve(a: ServeArgs) -> Result<i32> {
         max_output: policy::parse_size(&a.max_output)?,
         ..Default::default()
     };
+    let bounds_max_timeout = policy::parse_duration(&a.max_timeout)?;
     let bounds = Bounds {
-        max_timeout: policy::parse_duration(&a.max_timeout)?,
+        max_timeout: bounds_max_timeout,
         max_memory: policy::parse_size(&a.max_memory)?,
         max_pids: a.max_pids,
         defaults: defaults.clone(),
@@ -432,6 +442,12 @@ fn serve(a: ServeArgs) -> Result<i32> {
         max_queue: a.max_queue,
         max_body: policy::parse_size(&a.max_body)? as usize,
         tokens,
+        sessions: pysandbox::serve::SessionBounds {
+            max_sessions: a.max_sessions,
+            idle: policy::parse_duration(&a.session_idle)?,
+            lifetime: policy::parse_duration(&a.session_lifetime)?,
+            max_execute: bounds_max_timeout,
+        },
     })?;
     Ok(0)
 }

@@ -40,7 +40,7 @@ pub struct File {
 }
 
 impl File {
-    fn bytes(&self) -> Result<Vec<u8>, Refused> {
+    pub fn decoded(&self) -> Result<Vec<u8>, Refused> {
         let name = self.name.as_deref().unwrap_or("(unnamed)");
         match self.encoding.as_deref().unwrap_or("utf8") {
             "utf8" | "utf-8" => Ok(self.content.as_bytes().to_vec()),
@@ -143,7 +143,7 @@ fn with_files(
                 "file name {name:?} is not a plain relative path"
             )));
         }
-        req = req.file(name, f.bytes()?);
+        req = req.file(name, f.decoded()?);
     }
     if let Some(s) = script {
         req = req.script(s);
@@ -391,11 +391,11 @@ mod tests {
             content: c.into(),
             encoding: e.map(Into::into),
         };
-        assert_eq!(f("hi", None).bytes().unwrap(), b"hi");
-        assert_eq!(f("aGk=", Some("base64")).bytes().unwrap(), b"hi");
-        assert_eq!(f("6869", Some("hex")).bytes().unwrap(), b"hi");
-        assert!(f("686", Some("hex")).bytes().is_err());
-        assert!(f("zz", Some("hex")).bytes().is_err());
-        assert!(f("x", Some("rot13")).bytes().is_err());
+        assert_eq!(f("hi", None).decoded().unwrap(), b"hi");
+        assert_eq!(f("aGk=", Some("base64")).decoded().unwrap(), b"hi");
+        assert_eq!(f("6869", Some("hex")).decoded().unwrap(), b"hi");
+        assert!(f("686", Some("hex")).decoded().is_err());
+        assert!(f("zz", Some("hex")).decoded().is_err());
+        assert!(f("x", Some("rot13")).decoded().is_err());
     }
 }

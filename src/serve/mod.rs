@@ -8,6 +8,9 @@
 
 pub mod api;
 mod metrics;
+mod sessions;
+
+pub use sessions::SessionBounds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,9 +51,10 @@ pub struct ServeConfig {
     pub max_body: usize,
     /// Accepted tokens (empty: no authentication, loopback or unix socket only).
     pub tokens: Vec<String>,
+    pub sessions: SessionBounds,
 }
 
-struct App {
+pub(crate) struct App {
     cfg: ServeConfig,
     pool: Pool,
     /// The image's Python version (`3.11.2`), asked of the interpreter at start.
@@ -59,6 +63,7 @@ struct App {
     waiting: AtomicUsize,
     next_id: AtomicU64,
     metrics: metrics::Metrics,
+    sessions: sessions::Sessions,
 }
 
 fn json_error(code: u16, message: impl Into<String>) -> Response {
@@ -77,19 +82,17 @@ fn json_error(code: u16, message: impl Into<String>) -> Response {
 }
 
 impl App {
+    /// Who is asking, for session ownership: a hash of the token given.
+    fn owner(&self, h: &HeaderMap) -> [u8; 32] {
+        sha2_of(given_token(h).trim())
+    }
+
     /// Checks the token (Authorization: Bearer, or X-API-Key) in constant time.
     fn authorized(&self, h: &HeaderMap) -> bool {
         if self.cfg.tokens.is_empty() {
             return true;
         }
-        let given = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            // `Bearer TOKEN`, or the bare token as Piston's public API took it.
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
-            .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .unwrap_or("");
-        let given = sha2_of(given.trim());
+        let given = sha2_of(given_token(h).trim());
         let mut ok = subtle::Choice::from(0);
         for t in &self.cfg.tokens {
             ok |= subtle::ConstantTimeEq::ct_eq(&given[..], &sha2_of(t)[..]);
@@ -134,6 +137,16 @@ impl App {
     }
 }
 
+/// The token of a request: `Authorization: Bearer TOKEN`, the bare token in
+/// `Authorization` (as Piston's public API took it), or `X-API-Key`.
+fn given_token(h: &HeaderMap) -> &str {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
 fn sha2_of(s: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).into()
@@ -141,7 +154,10 @@ fn sha2_of(s: &str) -> [u8; 32] {
 
 /// Parses a JSON body into `T`, answering like the rest of the API (`{message}`): 415
 /// without a JSON content type, 400 naming the field that is wrong or unknown.
-fn parse<T: serde::de::DeserializeOwned>(h: &HeaderMap, body: &Bytes) -> Result<T, Refused> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    h: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Refused> {
     let ct = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -170,11 +186,11 @@ fn parse<T: serde::de::DeserializeOwned>(h: &HeaderMap, body: &Bytes) -> Result<
     })
 }
 
-type Shared = State<Arc<App>>;
+pub(crate) type Shared = State<Arc<App>>;
 
 /// One line per request on stderr: id, endpoint, status, milliseconds (never the code or
 /// its output).
-fn log_line(app: &App, what: &str, status: u16, t0: Instant) {
+pub(crate) fn log_line(app: &App, what: &str, status: u16, t0: Instant) {
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     eprintln!("pysandbox serve: req={id} {what} status={status} ms={ms:.1}");
@@ -211,7 +227,8 @@ async fn run_endpoint(
     resp
 }
 
-const UNAUTHORIZED: &str = "missing or wrong token (Authorization: Bearer TOKEN, or X-API-Key)";
+pub(crate) const UNAUTHORIZED: &str =
+    "missing or wrong token (Authorization: Bearer TOKEN, or X-API-Key)";
 
 async fn v1_run(State(app): Shared, h: HeaderMap, body: Bytes) -> Response {
     run_endpoint(
@@ -225,7 +242,7 @@ async fn v1_run(State(app): Shared, h: HeaderMap, body: Bytes) -> Response {
     .await
 }
 
-fn refused(r: Refused) -> Response {
+pub(crate) fn refused(r: Refused) -> Response {
     let mut resp = json_error(r.0, r.1);
     if r.0 == 503 {
         resp.headers_mut()
@@ -328,6 +345,7 @@ pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         waiting: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         metrics: metrics::Metrics::default(),
+        sessions: sessions::Sessions::default(),
         version,
         pool,
         cfg,
@@ -339,6 +357,11 @@ pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         // Piston clients that join a base URL ending in `/` with `execute/`.
         .route("/api/v2/execute/", post(piston_execute))
         .route("/api/v2/runtimes/", get(piston_runtimes))
+        .route("/v1/sessions", post(sessions::create))
+        .route("/v1/sessions/{id}", axum::routing::delete(sessions::delete))
+        .route("/v1/sessions/{id}/execute", post(sessions::execute))
+        .route("/v1/sessions/{id}/files", post(sessions::put_file))
+        .route("/v1/sessions/{id}/files/{*path}", get(sessions::get_file))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -348,6 +371,18 @@ pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // Sessions past their idle timeout or lifetime are ended every second.
+        let reaper = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let gone = reaper.sessions.expire();
+                if !gone.is_empty() {
+                    tokio::task::spawn_blocking(move || drop(gone));
+                }
+            }
+        });
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -379,7 +414,9 @@ pub fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     drop(rt);
-    // Every handler is done: the pool is ours alone now. Dropping it ends its sandboxes.
+    // Every handler is done: the pool and the sessions are ours alone now. Dropping
+    // them ends their sandboxes.
+    drop(app.sessions.clear());
     drop(app);
     eprintln!("pysandbox serve: stopped");
     Ok(())
