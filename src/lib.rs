@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod error;
 pub mod image;
 pub mod limits;
+pub mod mcp;
 pub mod net;
 pub mod policy;
 pub mod pool;
