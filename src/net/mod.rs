@@ -23,6 +23,8 @@
 //! Must not: touch libcontainer (runtime/ hands over the init's namespaces), or add a
 //! thread to the process (it forks).
 
+pub mod allow;
+
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
