@@ -187,6 +187,9 @@ pub struct RunPolicy {
     pub limits: Limits,
     /// The sandbox's network (default: a private loopback only).
     pub network: Network,
+    /// `--allow-net`: with a private loopback only, egress through pysandbox's proxy to
+    /// these destinations (empty: no proxy).
+    pub allow_net: crate::net::allow::AllowList,
     /// Read-only data folder at `/usr/app/data` (the working directory); `None` = `--no-fs`.
     pub data: Option<PathBuf>,
     /// Writable output folder at `/usr/app/data/output`; `None` = default `DATA/output`.
@@ -218,6 +221,7 @@ impl RunPolicy {
             image: ImageRef::Default,
             limits: Limits::default(),
             network: Network::None,
+            allow_net: Default::default(),
             data: None,
             output: None,
             no_fs: false,
@@ -279,6 +283,11 @@ impl RunPolicy {
         if l.max_output < 2 {
             return Err(PolicyError::Invalid(
                 "--max-output must be at least 2 bytes".into(),
+            ));
+        }
+        if !self.allow_net.rules.is_empty() && self.network != Network::None {
+            return Err(PolicyError::Invalid(
+                "--allow-net cannot be combined with --network: --allow-net keeps the sandbox's own loopback only and reaches the allowed hosts through pysandbox's proxy; --network opens the whole network".into(),
             ));
         }
         if self.no_fs && (self.data.is_some() || self.output.is_some() || self.dev_src.is_some()) {

@@ -91,6 +91,18 @@ struct RunArgs {
         default_missing_value = "pasta"
     )]
     network: Option<String>,
+    /// Egress allow-list (repeatable): HOST[:PORT], *.DOMAIN[:PORT], an IP or a CIDR
+    /// ([IPv6]:PORT). The sandbox keeps its own loopback only; pysandbox's proxy on its
+    /// 127.0.0.1:3128 (HTTP CONNECT, plain HTTP, SOCKS5h; HTTP_PROXY, HTTPS_PROXY,
+    /// ALL_PROXY and PIP_PROXY point at it) resolves names itself and connects only to
+    /// allowed *resolved* addresses. A name never reaches loopback, private, link-local or
+    /// metadata addresses: allow those by address. Every attempt is in the JSON report.
+    #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
+    allow_net: Vec<String>,
+    /// Print the proxy's log of every connection attempt (--allow-net) on stderr after
+    /// the run.
+    #[arg(long)]
+    log_net: bool,
     /// Read-only data folder, the script's working directory (default: the current folder).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -208,6 +220,11 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
         Some(m) => policy::Network::parse(m)?,
     };
     p.seccomp_log = a.seccomp_log;
+    for r in &a.allow_net {
+        p.allow_net
+            .rules
+            .push(pysandbox::net::allow::AllowRule::parse(r)?);
+    }
     p.data = a.data;
     p.output = a.output;
     p.no_fs = a.no_fs;
@@ -226,6 +243,10 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
 fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let json = a.json;
+    let log_net = a.log_net;
+    if log_net && a.allow_net.is_empty() {
+        bail!("--log-net logs the connections of --allow-net, which was not given");
+    }
     let policy = build_policy(a)?;
     let report = match pysandbox::run_in_this_process(&policy) {
         Ok(r) => r,
@@ -246,6 +267,9 @@ fn run(a: RunArgs) -> Result<i32> {
     };
     for w in &report.warnings {
         eprintln!("pysandbox: warning: {w}");
+    }
+    if log_net && let Some(net) = &report.network {
+        print_net_log(net);
     }
     if json {
         // The report carries it too; stderr is pysandbox's own channel here.
@@ -291,6 +315,37 @@ fn run(a: RunArgs) -> Result<i32> {
         _ => {}
     }
     Ok(report.cli_exit_code())
+}
+
+/// `--log-net`: one line per connection attempt, on stderr.
+fn print_net_log(net: &pysandbox::report::NetReport) {
+    eprintln!(
+        "pysandbox: network: {} connection attempts through the proxy (allowed: {})",
+        net.connections.len() as u64 + net.connections_dropped,
+        net.allow.join(", ")
+    );
+    for c in &net.connections {
+        let verdict = match (c.allowed, &c.reason) {
+            (true, None) => "allowed".to_string(),
+            (true, Some(r)) => format!("allowed, failed: {r}"),
+            (false, r) => format!("refused: {}", r.as_deref().unwrap_or("?")),
+        };
+        eprintln!(
+            "pysandbox: net {} {}:{} -> {} {verdict} (sent {} B, received {} B)",
+            c.protocol,
+            c.host,
+            c.port,
+            c.address.as_deref().unwrap_or("-"),
+            c.bytes_sent,
+            c.bytes_received
+        );
+    }
+    if net.connections_dropped > 0 {
+        eprintln!(
+            "pysandbox: net: {} more attempts not listed (log cap)",
+            net.connections_dropped
+        );
+    }
 }
 
 fn doctor() -> i32 {

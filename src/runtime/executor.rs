@@ -57,6 +57,9 @@ pub struct ExecPlan {
     /// init is not dumpable, so pysandbox could not open them through /proc as an
     /// ordinary user.
     pub send_namespaces: bool,
+    /// `--allow-net`: listen on this port of 127.0.0.1 and send pysandbox the listening
+    /// socket (`proxy` line), for the proxy it runs outside the sandbox.
+    pub proxy_port: Option<u16>,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
@@ -155,6 +158,10 @@ impl ExecPlan {
                     unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
                 crate::sys::send_fd(self.status_fd, tag, &fd);
             }
+        }
+        if let Some(port) = self.proxy_port {
+            let fd = listen_on_loopback(port)?;
+            crate::sys::send_fd(self.status_fd, b"proxy 0\n", &fd);
         }
         self.enter_unprivileged_userns()?;
         crate::sys::drop_all_capabilities().map_err(|e| format!("dropping capabilities: {e}"))?;
@@ -427,6 +434,38 @@ fn scrub_own_cmdline() {
             // copied at startup or are not used in this process).
             unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
         }
+    }
+}
+
+/// A TCP socket listening on 127.0.0.1:`port` of this (the sandbox's) network
+/// namespace: the script's way to the `--allow-net` proxy, which accepts from outside.
+fn listen_on_loopback(port: u16) -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: socket/bind/listen with a properly sized sockaddr_in; the descriptor is
+    // owned (and closed on error) by the OwnedFd.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(err("socket for the proxy"));
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        check(
+            libc::bind(
+                s,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            "binding the proxy's port",
+        )?;
+        check(libc::listen(s, 128), "listening on the proxy's port")?;
+        Ok(fd)
     }
 }
 

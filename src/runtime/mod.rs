@@ -378,7 +378,15 @@ fn launch(
         (_, None) => unreachable!("a script file or source always has a path"),
     }
     argv.extend(policy.args.iter().cloned());
-    let env = environment(&image.env, &policy.env);
+    let proxied = !policy.allow_net.rules.is_empty();
+    // The proxy's variables come before the user's -e, which may replace them.
+    let mut user_env = if proxied {
+        crate::net::proxy::environment()
+    } else {
+        Vec::new()
+    };
+    user_env.extend(policy.env.iter().cloned());
+    let env = environment(&image.env, &user_env);
 
     let spec = spec::build(&SpecInput {
         rootfs: rootfs.clone(),
@@ -431,6 +439,7 @@ fn launch(
             .collect::<Result<_, _>>()?,
         loopback: policy.network.private(),
         send_namespaces: pasta.is_some(),
+        proxy_port: proxied.then_some(crate::net::proxy::PROXY_PORT),
         status_fd: status_w.as_raw_fd(),
         parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
@@ -489,6 +498,27 @@ fn launch(
         }
         mark("network up");
     }
+    // The --allow-net proxy, on the listening socket the init made in the sandbox's
+    // namespace, while the init waits. Dropping it (any error below) kills it.
+    let proxy = if proxied {
+        let started = receive_fd(&status_r, b"proxy 0\n").and_then(|listener| {
+            let run_as = match mode {
+                Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+                Mode::Rootless => None,
+            };
+            crate::net::proxy::start(listener, &policy.allow_net, run_as)
+                .map_err(crate::Error::from)
+        });
+        match started {
+            Ok(p) => Some(p),
+            Err(e) => {
+                supervise::kill_and_reap(&guard, init_pid);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let supervised = match container.start() {
         Ok(()) => supervise::Supervisor {
             init_pid,
@@ -522,6 +552,7 @@ fn launch(
         Err(e) => Err(lc_err("starting the sandbox")(e)),
     };
     mark("supervised");
+    let net_log = proxy.map(crate::net::proxy::Proxy::finish);
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
     let oom_kills = limits::oom_kills(id, cgroups);
@@ -543,6 +574,7 @@ fn launch(
         oom_kills > 0,
         merged.full,
     );
+    report.network = net_log;
     report.warnings.extend(inputs.warnings.iter().cloned());
     report.warnings.extend(warnings);
     if let Some(cpus) = policy.limits.cpus
@@ -609,29 +641,32 @@ fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
 
 /// The init's network and pid namespaces, sent by the executor before `build()` returned.
 fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
-    let get = |tag: &[u8]| {
-        // Already sent, before build() returned: never wait long for it.
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(status),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
-            return Err(io_err("receiving the sandbox's namespaces")(
-                io::Error::from(io::ErrorKind::TimedOut),
-            ));
-        }
-        let mut buf = [0u8; 16];
-        match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
-            Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
-            Ok(_) => Err(io_err("receiving the sandbox's namespaces")(
-                io::Error::other("the sandbox's init did not send them"),
-            )),
-            Err(e) => Err(io_err("receiving the sandbox's namespaces")(e)),
-        }
-    };
-    let net = get(b"netns 0\n")?;
-    let pid = get(b"pidns 0\n")?;
+    let net = receive_fd(status, b"netns 0\n")?;
+    let pid = receive_fd(status, b"pidns 0\n")?;
     Ok((net, pid))
+}
+
+/// One descriptor the executor sent with `tag` before `build()` returned.
+fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, crate::Error> {
+    let step = "receiving the sandbox's namespaces and sockets";
+    // Already sent, before build() returned: never wait long for it.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(status),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
+        return Err(io_err(step)(io::Error::from(io::ErrorKind::TimedOut)).into());
+    }
+    let mut buf = [0u8; 16];
+    match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
+        Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
+        Ok(_) => Err(io_err(step)(io::Error::other(format!(
+            "the sandbox's init did not send {}",
+            String::from_utf8_lossy(tag).trim()
+        )))
+        .into()),
+        Err(e) => Err(io_err(step)(e).into()),
+    }
 }
 
 #[cfg(test)]

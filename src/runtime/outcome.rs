@@ -76,5 +76,6 @@ pub(super) fn make_report(
         seccomp_refused: Refusal::tally(&supervised.refused),
         error,
         warnings: Vec::new(),
+        network: None,
     }
 }

@@ -190,6 +190,25 @@ pub fn command(who: Who, dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// As [`command`], with environment variables for pysandbox (placed after `env -i` for
+/// the unprivileged modes, whose environment is scrubbed).
+pub fn command_with_env(who: Who, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = command(who, dir, args);
+    if matches!(who, Who::User | Who::UserInUserns) {
+        let mut a: Vec<String> = cmd.get_args().map(|x| x.to_string_lossy().into()).collect();
+        let i = a.iter().position(|x| x == "-i").unwrap();
+        for (k, v) in env {
+            a.insert(i + 1, format!("{k}={v}"));
+        }
+        let prog = cmd.get_program().to_owned();
+        cmd = Command::new(prog);
+        cmd.args(a).current_dir(dir);
+    } else {
+        cmd.envs(env.iter().copied());
+    }
+    cmd
+}
+
 /// Runs pysandbox to completion with `stdin` as input.
 pub fn run_in(who: Who, dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = command(who, dir, args)
