@@ -510,7 +510,10 @@ fn launch(
                 .map_err(crate::Error::from)
         });
         match started {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                mark("proxy up");
+                Some(p)
+            }
             Err(e) => {
                 supervise::kill_and_reap(&guard, init_pid);
                 return Err(e);
@@ -552,7 +555,11 @@ fn launch(
         Err(e) => Err(lc_err("starting the sandbox")(e)),
     };
     mark("supervised");
-    let net_log = proxy.map(crate::net::proxy::Proxy::finish);
+    let net_log = proxy.map(|p| {
+        let log = p.finish();
+        mark("proxy log");
+        log
+    });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
     let oom_kills = limits::oom_kills(id, cgroups);

@@ -10,11 +10,15 @@
 //! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
 //! root and as uid 65534.
 //!
+//! `cargo xtask bench --net [--runs N]` (root) measures download throughput from inside the
+//! sandbox: through the `--allow-net` proxy vs `--network` (see `netbench.rs`).
+//!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
 //! `compat.rs`).
 
 mod compat;
+mod netbench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +33,7 @@ fn main() -> Result<()> {
         Some("compat") => compat::compat(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
+                "usage: cargo xtask bench [--phases | --net] [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
             );
             std::process::exit(2);
         }
@@ -103,11 +107,16 @@ impl Case {
 
 fn bench(args: &[String]) -> Result<()> {
     let phases_only = args.iter().any(|a| a == "--phases");
-    let args: Vec<String> = args.iter().filter(|a| *a != "--phases").cloned().collect();
+    let net_only = args.iter().any(|a| a == "--net");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--phases" && *a != "--net")
+        .cloned()
+        .collect();
     let runs: usize = match args.as_slice() {
         [flag, n] if flag == "--runs" => n.parse().context("--runs N")?,
         [] => 30,
-        _ => bail!("usage: cargo xtask bench [--phases] [--runs N]"),
+        _ => bail!("usage: cargo xtask bench [--phases | --net] [--runs N]"),
     };
     let root = workspace_root();
     eprintln!("building pysandbox and rootfs-builder (release)...");
@@ -155,6 +164,9 @@ fn bench(args: &[String]) -> Result<()> {
     let hp = host_python.to_string_lossy().into_owned();
     if phases_only {
         return phases(&pysandbox, &tmp, &data, runs);
+    }
+    if net_only {
+        return netbench::net_bench(&pysandbox, &host_python, &data, runs.min(10));
     }
     // The unprivileged user's rows run Debian's python3, which its default image holds.
     let hp_user = "/usr/bin/python3".to_string();
@@ -207,6 +219,13 @@ fn bench(args: &[String]) -> Result<()> {
             let mut net = vec![ps.clone(), "run".into(), "--network".into()];
             net.extend(s(&["--code", "pass"]));
             cases.push(Case::new("pysandbox run --network -c pass", net, &data));
+        }
+        // --allow-net adds the proxy (a forked process) and its listening socket.
+        if code.is_none() {
+            let allow = s(&["run", "--allow-net", "127.0.0.1:9", "--code", "pass"]);
+            let mut v = vec![ps.clone()];
+            v.extend(allow);
+            cases.push(Case::new("pysandbox run --allow-net -c pass", v, &data));
         }
         // As root, also the rootless path, as an ordinary user would run it (the setpriv
         // wrapper costs both rows the same).
