@@ -34,6 +34,8 @@ pub enum Script {
     Source(Vec<u8>),
     /// `--code "..."`: run as `python -c CODE`.
     Code(String),
+    /// `run -i` without a script: the interpreter's REPL.
+    Repl,
 }
 
 /// What the script reads on its standard input.
@@ -208,6 +210,9 @@ pub struct RunPolicy {
     pub strict_limits: bool,
     /// Capture stdout/stderr into the report instead of passing them through.
     pub capture: bool,
+    /// `-i`: the interpreter runs interactively (`python -i`, or the REPL) on a terminal
+    /// of the sandbox's own, bridged to pysandbox's (which must be a terminal).
+    pub interactive: bool,
     /// Image build mode: `/opt/conda` is writable, and its changes land in this host
     /// directory (an overlay upper layer, `DIR/upper`).
     pub conda_layer: Option<PathBuf>,
@@ -231,6 +236,7 @@ impl RunPolicy {
             seccomp_log: false,
             strict_limits: false,
             capture: false,
+            interactive: false,
             conda_layer: None,
         }
     }
@@ -283,6 +289,22 @@ impl RunPolicy {
         if l.max_output < 2 {
             return Err(PolicyError::Invalid(
                 "--max-output must be at least 2 bytes".into(),
+            ));
+        }
+        if self.script == Script::Repl && !self.interactive {
+            return Err(PolicyError::Invalid(
+                "no script given. Hint: pysandbox run SCRIPT.py, or -i for a REPL".into(),
+            ));
+        }
+        if self.interactive && matches!(self.script, Script::Source(_)) {
+            return Err(PolicyError::Invalid(
+                "-i cannot read the script from stdin (`-`): stdin is the terminal. Hint: save it to a file".into(),
+            ));
+        }
+        if self.interactive && (self.capture || self.stdin != StdinSource::Inherit) {
+            return Err(PolicyError::Invalid(
+                "-i cannot be combined with --json or --stdin: the script's terminal is yours"
+                    .into(),
             ));
         }
         if !self.allow_net.rules.is_empty() && self.network != Network::None {

@@ -127,6 +127,12 @@ struct RunArgs {
     /// script still gets the same EPERM.
     #[arg(long)]
     seccomp_log: bool,
+    /// Interactive: the script (or --code) runs with `python -i`, or, with neither, the
+    /// Python REPL, on a terminal of the sandbox's own bridged to yours (raw mode while it
+    /// runs; Ctrl-C, Ctrl-D and window size reach Python; TERM is passed). Needs a terminal
+    /// on stdin; same isolation and limits as any run.
+    #[arg(short = 'i', long = "interactive")]
+    interactive: bool,
     /// Run this code (like python -c) instead of a script file.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -188,6 +194,9 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
             }
             Script::Code(code)
         }
+        (None, Some(s)) if s == "-" && a.interactive => bail!(
+            "-i cannot read the script from stdin (`-`): stdin is the terminal. Hint: save it to a file"
+        ),
         (None, Some(s)) if s == "-" => {
             let mut body = Vec::new();
             std::io::stdin()
@@ -196,8 +205,9 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
             Script::Source(body)
         }
         (None, Some(s)) => Script::File(PathBuf::from(s)),
+        (None, None) if a.interactive => Script::Repl,
         (None, None) => bail!(
-            "no script given. Hint: pysandbox run SCRIPT.py [ARGS...], or --code \"...\", or - to read it from stdin"
+            "no script given. Hint: pysandbox run SCRIPT.py [ARGS...], or --code \"...\", or - to read it from stdin, or -i for a REPL"
         ),
     };
     let mut p = RunPolicy::new(script);
@@ -214,6 +224,12 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.limits.max_output = policy::parse_size(&a.max_output)?;
     p.strict_limits = a.strict_limits;
     p.capture = a.json;
+    p.interactive = a.interactive;
+    if a.interactive
+        && let Ok(term) = std::env::var("TERM")
+    {
+        p.env.push(("TERM".into(), term));
+    }
     p.conda_layer = a.conda_layer;
     p.network = match a.network.as_deref() {
         None => policy::Network::None,

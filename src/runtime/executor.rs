@@ -60,6 +60,12 @@ pub struct ExecPlan {
     /// `--allow-net`: listen on this port of 127.0.0.1 and send pysandbox the listening
     /// socket (`proxy` line), for the proxy it runs outside the sandbox.
     pub proxy_port: Option<u16>,
+    /// `run -i`: the window size (rows, columns) of a terminal to open in the sandbox's
+    /// own devpts. The init sends pysandbox the master (`pty` line) and keeps no copy;
+    /// the interpreter gets the slave as its controlling terminal and stdio.
+    pub pty: Option<(u16, u16)>,
+    /// The slave of that terminal, between `prepare` and the fork (-1: none).
+    pub pty_slave: std::sync::atomic::AtomicI32,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
@@ -163,6 +169,11 @@ impl ExecPlan {
             let fd = listen_on_loopback(port)?;
             crate::sys::send_fd(self.status_fd, b"proxy 0\n", &fd);
         }
+        if let Some(size) = self.pty {
+            let slave = self.open_pty(size)?;
+            self.pty_slave
+                .store(slave, std::sync::atomic::Ordering::Relaxed);
+        }
         self.enter_unprivileged_userns()?;
         crate::sys::drop_all_capabilities().map_err(|e| format!("dropping capabilities: {e}"))?;
         // Set after the last credential change (which clears it): when pysandbox dies,
@@ -186,6 +197,52 @@ impl ExecPlan {
             unsafe { libc::_exit(137) };
         }
         Ok(())
+    }
+
+    /// A terminal of the sandbox's devpts: sends the master to pysandbox (and closes it
+    /// here), returns the slave. Ctrl-Z is disabled on it: no shell in the sandbox would
+    /// ever continue a stopped interpreter.
+    fn open_pty(&self, (rows, cols): (u16, u16)) -> Result<RawFd, String> {
+        const TIOCGPTPEER: libc::c_ulong = 0x5441; // _IO('T', 0x41)
+        // SAFETY: open/ioctl/tc*attr on descriptors owned here; `ws` and `t` are valid,
+        // properly sized buffers.
+        unsafe {
+            let m = libc::open(
+                c"/dev/pts/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if m < 0 {
+                return Err(err("opening the sandbox's /dev/pts/ptmx"));
+            }
+            let master = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(m);
+            let unlock: libc::c_int = 0;
+            check(
+                libc::ioctl(m, libc::TIOCSPTLCK, &unlock),
+                "unlocking the terminal",
+            )?;
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            check(libc::ioctl(m, libc::TIOCSWINSZ, &ws), "sizing the terminal")?;
+            let slave = libc::ioctl(
+                m,
+                TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if slave < 0 {
+                return Err(err("opening the terminal's slave"));
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(slave, &mut t) == 0 {
+                t.c_cc[libc::VSUSP] = 0; // _POSIX_VDISABLE
+                libc::tcsetattr(slave, libc::TCSANOW, &t);
+            }
+            crate::sys::send_fd(self.status_fd, b"pty 0\n", &master);
+            Ok(slave)
+        }
     }
 
     /// Nested user namespace: `mambauser` (1000) inside = the container's root outside.
@@ -285,6 +342,17 @@ impl ExecPlan {
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // `run -i`: a session of its own with the terminal as controlling terminal
+            // (its process group in the foreground: Ctrl-C is a SIGINT for it) and stdio.
+            let slave = self.pty_slave.load(std::sync::atomic::Ordering::Relaxed);
+            if slave >= 0 {
+                libc::setsid();
+                libc::ioctl(slave, libc::TIOCSCTTY, 0);
+                for fd in 0..3 {
+                    libc::dup2(slave, fd);
+                }
+                libc::close(slave);
+            }
             // The status socket (and anything else) must not survive into Python.
             libc::syscall(
                 libc::SYS_close_range,

@@ -15,6 +15,7 @@ mod locks;
 mod outcome;
 mod output;
 mod supervise;
+mod terminal;
 
 use std::ffi::CString;
 use std::fs;
@@ -146,6 +147,12 @@ pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
     policy.validate()?;
     host::check_kernel()?;
     let mode = Mode::detect()?;
+    if policy.interactive && !terminal::stdin_is_terminal() {
+        return Err(RuntimeError::Input(
+            "-i needs a terminal: pysandbox's stdin is not one. Hint: run it from a terminal, or drop -i and pipe the input in".into(),
+        )
+        .into());
+    }
     mark("start");
     // A network that cannot be set up is refused before anything exists.
     let pasta = match policy.network {
@@ -227,7 +234,11 @@ fn launch(
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
     // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
     // every signal before exec.)
-    let relayed = supervise::relayed_set();
+    let mut relayed = supervise::relayed_set();
+    if policy.interactive {
+        // Not relayed: the sandbox's terminal takes pysandbox's window size.
+        relayed.add(nix::sys::signal::Signal::SIGWINCH);
+    }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), None)
         .map_err(|e| io_err("blocking signals")(e.into()))?;
 
@@ -369,11 +380,15 @@ fn launch(
     }
 
     let mut argv = vec![image.python.clone()];
+    if policy.interactive && policy.script != Script::Repl {
+        argv.push("-i".into());
+    }
     match (&policy.script, &inputs.script_in_sandbox) {
         (Script::Code(code), _) => {
             argv.push("-c".into());
             argv.push(code.clone());
         }
+        (Script::Repl, _) => {}
         (_, Some(path)) => argv.push(path.clone()),
         (_, None) => unreachable!("a script file or source always has a path"),
     }
@@ -440,6 +455,8 @@ fn launch(
         loopback: policy.network.private(),
         send_namespaces: pasta.is_some(),
         proxy_port: proxied.then_some(crate::net::proxy::PROXY_PORT),
+        pty: policy.interactive.then(terminal::window_size),
+        pty_slave: std::sync::atomic::AtomicI32::new(-1),
         status_fd: status_w.as_raw_fd(),
         parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(policy.seccomp_log),
@@ -522,6 +539,29 @@ fn launch(
     } else {
         None
     };
+    // `-i`: the sandbox's terminal (its master; the init kept no copy), and pysandbox's
+    // own in raw mode until this function returns.
+    let (pty, _raw_mode) = if policy.interactive {
+        let got = receive_fd(&status_r, b"pty 0\n").and_then(|master| {
+            let raw =
+                terminal::RawMode::enter().map_err(io_err("putting your terminal in raw mode"))?;
+            Ok((master, raw))
+        });
+        match got {
+            Ok((m, raw)) => (Some(m), Some(raw)),
+            Err(e) => {
+                supervise::kill_and_reap(&guard, init_pid);
+                return Err(e);
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err("duplicating the terminal"));
+    let (to_sandbox, from_stdout, resize) = match &pty {
+        Some(m) => (dup(m)?, dup(m)?, Some(dup(m)?)),
+        None => (in_w, out_r, None),
+    };
     let supervised = match container.start() {
         Ok(()) => supervise::Supervisor {
             init_pid,
@@ -533,8 +573,9 @@ fn launch(
                 }
                 None => supervise::Input::None,
             },
-            to_sandbox: Some(in_w),
-            from_stdout: out_r,
+            to_sandbox: Some(to_sandbox),
+            from_stdout,
+            resize,
             from_stderr: err_r,
             out_sink: if policy.capture {
                 Capped::capture(policy.limits.max_output)
