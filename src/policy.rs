@@ -200,6 +200,9 @@ pub struct RunPolicy {
     pub no_fs: bool,
     /// Folder to mount at `/usr/app/src` instead of the script's own folder.
     pub dev_src: Option<PathBuf>,
+    /// `--src-writable`: the folder at `/usr/app/src` is writable, like the output folder
+    /// (capped, merged back after the run, set-id bits dropped, no host symlink followed).
+    pub src_writable: bool,
     pub stdin: StdinSource,
     /// Extra environment variables for the script (`-e KEY=VAL`).
     pub env: Vec<(String, String)>,
@@ -231,6 +234,7 @@ impl RunPolicy {
             output: None,
             no_fs: false,
             dev_src: None,
+            src_writable: false,
             stdin: StdinSource::Inherit,
             env: Vec::new(),
             seccomp_log: false,
@@ -289,6 +293,13 @@ impl RunPolicy {
         if l.max_output < 2 {
             return Err(PolicyError::Invalid(
                 "--max-output must be at least 2 bytes".into(),
+            ));
+        }
+        if self.src_writable
+            && (self.no_fs || (self.dev_src.is_none() && !matches!(self.script, Script::File(_))))
+        {
+            return Err(PolicyError::Invalid(
+                "--src-writable needs a source folder: a script file (its folder), or --dev SRC; not --no-fs".into(),
             ));
         }
         if self.script == Script::Repl && !self.interactive {

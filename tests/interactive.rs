@@ -206,10 +206,6 @@ fn interactive_needs_a_terminal() {
         ),
     ] {
         let o = run_in(Who::Root, dir.path(), &args, b"print(1)\n");
-        assert_code(&o, 125, &format!("{args:?}"));
-        let err = stderr(&o);
-        assert!(err.contains(expect), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(stdout(&o).is_empty());
+        assert_refused(&o, &format!("{args:?}"), expect);
     }
 }

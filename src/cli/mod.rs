@@ -112,10 +112,16 @@ struct RunArgs {
     /// No host files at all: no data folder, no output folder (the script is copied in).
     #[arg(long)]
     no_fs: bool,
-    /// Development mode: mount this source folder read-only at /usr/app/src; the script
-    /// must be inside it.
+    /// Development mode: mount this source folder read-only (writable with
+    /// --src-writable) at /usr/app/src; the script must be inside it.
     #[arg(long, value_name = "SRC")]
     dev: Option<PathBuf>,
+    /// The source folder at /usr/app/src (--dev SRC, or the script's own folder) writable,
+    /// as the output folder is: changes land in a capped layer (--output-limit) written
+    /// back when the run ends, without set-id bits and never through a host symlink. The
+    /// script can then modify its own source (a warning says so).
+    #[arg(long)]
+    src_writable: bool,
     /// Feed this file to the script's stdin (default: pysandbox's own stdin).
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -245,6 +251,7 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.output = a.output;
     p.no_fs = a.no_fs;
     p.dev_src = a.dev;
+    p.src_writable = a.src_writable;
     p.stdin = match a.stdin {
         Some(f) => StdinSource::File(f),
         None => StdinSource::Inherit,

@@ -276,15 +276,49 @@ fn launch(
     host::mkdir(&rootfs, 0o755)?;
     warnings.extend(stage.read_only_view(&image.rootfs, &rootfs, false, None)?);
 
-    let mut binds = Vec::new();
-    if let Some(src) = &inputs.src_dir {
-        let t = bundle.join("src");
+    // Writable host folders (output/, and the source folder with --src-writable): an
+    // overlay over a read-only view, its upper layer a capped tmpfs merged back after.
+    let (upper_owner, new_file_owner) = match mode {
+        Mode::Root {
+            sandbox, caller, ..
+        } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
+        Mode::Rootless => (None, None),
+    };
+    let writable = |host_dir: &Path, name: &str| {
+        let t = bundle.join(name);
         host::mkdir(&t, 0o755)?;
-        warnings.extend(stage.read_only_view(src, &t, true, None)?);
+        let o = output::OutputOverlay::stage(
+            &stage,
+            host_dir,
+            &t,
+            &mnt.join(name),
+            policy.limits.output_cap(),
+            upper_owner,
+            new_file_owner,
+        )?;
+        Ok::<_, crate::Error>((t, o))
+    };
+    let mut binds = Vec::new();
+    let mut src_overlay = None;
+    if let Some(src) = &inputs.src_dir {
+        let t = if policy.src_writable {
+            let (t, o) = writable(src, "src")?;
+            src_overlay = Some(o);
+            warnings.push(format!(
+                "--src-writable: the script can modify its own source folder {}: its changes are written back when it ends",
+                src.display()
+            ));
+            t
+        } else {
+            let t = bundle.join("src");
+            host::mkdir(&t, 0o755)?;
+            warnings.extend(stage.read_only_view(src, &t, true, None)?);
+            t
+        };
         binds.push(Bind {
             source: t,
             dest: spec::SRC_DIR,
-            writable: false,
+            writable: policy.src_writable,
         });
     } else if let Some((name, body)) = &inputs.staged_script {
         let t = bundle.join("script");
@@ -332,23 +366,8 @@ fn launch(
     }
     let mut overlay = None;
     if let Some(out) = &inputs.output {
-        let t = bundle.join("output");
-        host::mkdir(&t, 0o755)?;
-        let (upper_owner, new_file_owner) = match mode {
-            Mode::Root {
-                sandbox, caller, ..
-            } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
-            Mode::Rootless => (None, None),
-        };
-        overlay = Some(output::OutputOverlay::stage(
-            &stage,
-            out,
-            &t,
-            &mnt.join("output"),
-            policy.limits.output_cap(),
-            upper_owner,
-            new_file_owner,
-        )?);
+        let (t, o) = writable(out, "output")?;
+        overlay = Some(o);
         binds.push(Bind {
             source: t,
             dest: spec::OUTPUT_DIR,
@@ -603,6 +622,7 @@ fn launch(
     });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
+    let src_merged = src_overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
     let oom_kills = limits::oom_kills(id, cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
@@ -620,7 +640,7 @@ fn launch(
         status,
         limits,
         oom_kills > 0,
-        merged.full,
+        merged.full || src_merged.full,
     );
     report.network = net_log;
     report.warnings.extend(inputs.warnings.iter().cloned());
@@ -645,29 +665,51 @@ fn launch(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
         );
     }
+    let cap = policy.limits.output_cap();
+    report.warnings.extend(merge_warnings(
+        "output",
+        &merged,
+        inputs.output.as_deref(),
+        cap,
+    ));
+    report.warnings.extend(merge_warnings(
+        "source",
+        &src_merged,
+        inputs.src_dir.as_deref(),
+        cap,
+    ));
+    Ok(report)
+}
+
+/// What a merge back into a host folder (`what`: output, source) left out, if anything.
+fn merge_warnings(
+    what: &str,
+    merged: &output::Merged,
+    folder: Option<&Path>,
+    cap: u64,
+) -> Vec<String> {
+    let folder = folder.unwrap_or(Path::new("?")).display();
+    let mut out = Vec::new();
     if merged.dropped > 0 {
-        report.warnings.push(format!(
-            "{} output entries were not written back to {}: they would have put more than the output limit ({} bytes) on the host, or were nested deeper than {} folders",
+        out.push(format!(
+            "{} {what} entries were not written back to {folder}: they would have put more than the output limit ({cap} bytes) on the host, or were nested deeper than {} folders",
             merged.dropped,
-            inputs.output.as_deref().unwrap_or(Path::new("?")).display(),
-            policy.limits.output_cap(),
             output::MAX_DEPTH
         ));
     }
     if merged.escaping_links > 0 {
-        report.warnings.push(format!(
-            "{} symbolic links in the output folder point outside it and were not written back",
+        out.push(format!(
+            "{} symbolic links in the {what} folder point outside it and were not written back",
             merged.escaping_links
         ));
     }
     if merged.failed > 0 {
-        report.warnings.push(format!(
-            "{} output entries could not be written back to {}",
-            merged.failed,
-            inputs.output.as_deref().unwrap_or(Path::new("?")).display()
+        out.push(format!(
+            "{} {what} entries could not be written back to {folder}",
+            merged.failed
         ));
     }
-    Ok(report)
+    out
 }
 
 /// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC

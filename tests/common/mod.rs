@@ -256,6 +256,16 @@ pub fn assert_code(o: &Output, code: i32, what: &str) {
     );
 }
 
+/// Asserts that pysandbox refused bad input: status 125, one line on stderr naming
+/// `expect`, nothing on stdout.
+pub fn assert_refused(o: &Output, what: &str, expect: &str) {
+    assert_code(o, 125, what);
+    let err = stderr(o);
+    assert!(err.contains(expect), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    assert!(o.stdout.is_empty(), "{what}: {}", stdout(o));
+}
+
 /// Pids of every process whose command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<i32> {
     let mut v = Vec::new();
