@@ -23,6 +23,7 @@ pub mod limits;
 pub mod net;
 pub mod policy;
 pub mod report;
+pub mod runs;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;

@@ -216,6 +216,11 @@ pub struct RunPolicy {
     /// `-i`: the interpreter runs interactively (`python -i`, or the REPL) on a terminal
     /// of the sandbox's own, bridged to pysandbox's (which must be a terminal).
     pub interactive: bool,
+    /// `--keep`: keep what the run leaves in `/tmp`, `HOME` and its output folder under
+    /// its id (see `runs`).
+    pub keep: bool,
+    /// `--from ID`: start `/tmp` and `HOME` from a kept run's state (its folder).
+    pub from: Option<PathBuf>,
     /// Image build mode: `/opt/conda` is writable, and its changes land in this host
     /// directory (an overlay upper layer, `DIR/upper`).
     pub conda_layer: Option<PathBuf>,
@@ -241,6 +246,8 @@ impl RunPolicy {
             strict_limits: false,
             capture: false,
             interactive: false,
+            keep: false,
+            from: None,
             conda_layer: None,
         }
     }
@@ -300,6 +307,11 @@ impl RunPolicy {
         {
             return Err(PolicyError::Invalid(
                 "--src-writable needs a source folder: a script file (its folder), or --dev SRC; not --no-fs".into(),
+            ));
+        }
+        if self.keep && self.from.is_some() {
+            return Err(PolicyError::Invalid(
+                "--keep cannot be combined with --from: a run started from kept state is not kept again".into(),
             ));
         }
         if self.script == Script::Repl && !self.interactive {

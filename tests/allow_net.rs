@@ -560,13 +560,8 @@ each_mode!(image_build_installs_through_the_allow_list, |who| {
         "tiny.yaml",
         "dependencies:\n  - python=3\n  - pip:\n      - tinyallow==1.0\n",
     );
-    let store = dir.path().join("xdg-data");
-    std::fs::create_dir(&store).unwrap();
-    let owner = std::fs::metadata(dir.path()).unwrap();
-    use std::os::unix::fs::MetadataExt;
-    std::os::unix::fs::chown(&store, Some(owner.uid()), Some(owner.gid())).unwrap();
+    let store = private_data_home(dir.path());
     let url = format!("http://127.0.0.1:{port}/simple/");
-    let store = store.to_string_lossy().into_owned();
     let env = [
         ("XDG_DATA_HOME", store.as_str()),
         ("PIP_INDEX_URL", url.as_str()),

@@ -32,9 +32,21 @@ fn modes(t: &Termios) -> String {
 
 impl Terminal {
     fn start(who: Who, dir: &std::path::Path, args: &[&str]) -> Terminal {
+        Terminal::start_with(who, dir, args, &[])
+    }
+
+    /// As [`Terminal::start`], with more environment variables for pysandbox.
+    fn start_with(
+        who: Who,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Terminal {
         let pty = nix::pty::openpty(None, None).unwrap();
         let (master, slave) = (pty.master, pty.slave);
-        let mut cmd = command_with_env(who, dir, args, &[("TERM", "xterm-test")]);
+        let mut all = vec![("TERM", "xterm-test")];
+        all.extend_from_slice(env);
+        let mut cmd = command_with_env(who, dir, args, &all);
         let s = slave.as_raw_fd();
         cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
@@ -187,6 +199,25 @@ each_mode!(
         assert_eq!(before, modes(&tcgetattr(t.slave.as_fd()).unwrap()));
     }
 );
+
+each_mode!(repl_from_a_kept_run, |who| {
+    let dir = workdir(who);
+    let data = private_data_home(dir.path());
+    let env = [("XDG_DATA_HOME", data.as_str())];
+    let code = "open('/tmp/state.txt', 'w').write('from the kept run')";
+    let o = command_with_env(who, dir.path(), &["run", "--keep", "--code", code], &env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&o, 0, "run --keep");
+    let id = kept_id(&o);
+    let mut t = Terminal::start_with(who, dir.path(), &["run", "--from", &id, "-i"], &env);
+    t.expect(">>> ");
+    t.send(b"print(open('/tmp/state.txt').read())\r");
+    t.expect("from the kept run\r\n>>> ");
+    t.send(b"\x04");
+    assert_eq!(t.wait(), 0);
+});
 
 #[test]
 fn interactive_needs_a_terminal() {

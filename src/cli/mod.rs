@@ -41,6 +41,20 @@ enum Command {
     /// Images: build from an environment file, list, inspect, remove, prune, import, pull.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// List the kept runs (`run --keep`): id, image, when it ended, status, size.
+    Ps,
+    /// List what a kept run created or changed in /tmp, HOME and its output folder.
+    Inspect {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Remove a kept run.
+    Rm {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Remove every kept run.
+    Prune,
 }
 
 #[derive(Args)]
@@ -133,6 +147,15 @@ struct RunArgs {
     /// script still gets the same EPERM.
     #[arg(long)]
     seccomp_log: bool,
+    /// Keep what the run leaves in /tmp, HOME and its output folder under the run's id
+    /// (private to you, capped like those folders, files without execute bits), for
+    /// `pysandbox ps`, `inspect ID`, `run --from ID` and `rm ID`.
+    #[arg(long)]
+    keep: bool,
+    /// Start /tmp and HOME from a kept run's state (e.g. `run --from ID -i` for a REPL
+    /// there); the kept run itself is not changed.
+    #[arg(long, value_name = "ID")]
+    from: Option<String>,
     /// Interactive: the script (or --code) runs with `python -i`, or, with neither, the
     /// Python REPL, on a terminal of the sandbox's own bridged to yours (raw mode while it
     /// runs; Ctrl-C, Ctrl-D and window size reach Python; TERM is passed). Needs a terminal
@@ -231,6 +254,10 @@ fn build_policy(a: RunArgs) -> Result<RunPolicy> {
     p.strict_limits = a.strict_limits;
     p.capture = a.json;
     p.interactive = a.interactive;
+    p.keep = a.keep;
+    if let Some(id) = &a.from {
+        p.from = Some(pysandbox::runs::path(id)?);
+    }
     if a.interactive
         && let Ok(term) = std::env::var("TERM")
     {
@@ -267,6 +294,7 @@ fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let json = a.json;
     let log_net = a.log_net;
+    let keep = a.keep;
     if log_net && a.allow_net.is_empty() {
         bail!("--log-net logs the connections of --allow-net, which was not given");
     }
@@ -293,6 +321,12 @@ fn run(a: RunArgs) -> Result<i32> {
     }
     if log_net && let Some(net) = &report.network {
         print_net_log(net);
+    }
+    if keep && !report.id.is_empty() {
+        eprintln!(
+            "pysandbox: kept as {id} (pysandbox inspect {id}; run --from {id} -i; rm {id})",
+            id = report.id
+        );
     }
     if json {
         // The report carries it too; stderr is pysandbox's own channel here.
@@ -371,6 +405,56 @@ fn print_net_log(net: &pysandbox::report::NetReport) {
     }
 }
 
+fn runs_ps() -> Result<i32> {
+    println!(
+        "{:<20} {:<28} {:<20} {:<14} {:>10}",
+        "ID", "IMAGE", "ENDED (UTC)", "STATUS", "SIZE"
+    );
+    for r in pysandbox::runs::list()? {
+        println!(
+            "{:<20} {:<28} {:<20} {:<14} {:>10}",
+            r.id,
+            r.image,
+            utc(r.ended),
+            r.status,
+            r.bytes
+        );
+    }
+    Ok(0)
+}
+
+fn runs_inspect(id: &str) -> Result<i32> {
+    for (path, bytes, dir) in pysandbox::runs::contents(id)? {
+        if dir {
+            println!("{path}/");
+        } else {
+            println!("{path} ({bytes} B)");
+        }
+    }
+    Ok(0)
+}
+
+/// Unix time as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(t: u64) -> String {
+    let (days, secs) = (t / 86400, t % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 fn doctor() -> i32 {
     use pysandbox::doctor::Level;
     let checks = pysandbox::doctor::run_checks();
@@ -417,6 +501,15 @@ pub fn main() -> i32 {
             Command::Run(a) => run(*a),
             Command::Doctor => Ok(doctor()),
             Command::Image(c) => image::run(c),
+            Command::Ps => runs_ps(),
+            Command::Inspect { id } => runs_inspect(&id),
+            Command::Rm { id } => pysandbox::runs::remove(&id).map(|()| 0).map_err(Into::into),
+            Command::Prune => pysandbox::runs::prune()
+                .map(|n| {
+                    println!("removed {n} kept runs");
+                    0
+                })
+                .map_err(Into::into),
         }
     });
     match result {

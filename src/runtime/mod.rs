@@ -207,6 +207,9 @@ fn run_prepared(
         limits::check_strict(&policy.limits, cgroups)?;
     }
     let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups, pasta);
+    if result.is_err() && policy.keep {
+        crate::runs::discard(&id); // a run that never ended is not kept
+    }
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -284,7 +287,7 @@ fn launch(
         } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
         Mode::Rootless => (None, None),
     };
-    let writable = |host_dir: &Path, name: &str| {
+    let writable_capped = |host_dir: &Path, name: &str, cap: u64| {
         let t = bundle.join(name);
         host::mkdir(&t, 0o755)?;
         let o = output::OutputOverlay::stage(
@@ -292,13 +295,39 @@ fn launch(
             host_dir,
             &t,
             &mnt.join(name),
-            policy.limits.output_cap(),
+            cap,
             upper_owner,
             new_file_owner,
         )?;
         Ok::<_, crate::Error>((t, o))
     };
+    let writable =
+        |host_dir: &Path, name: &str| writable_capped(host_dir, name, policy.limits.output_cap());
     let mut binds = Vec::new();
+    // --keep: /tmp and HOME over the kept run's (empty) folders, merged into them after
+    // the run; --from: over a kept run's folders, never merged. Capped like the tmpfs
+    // they replace (the binds come after those mounts and cover them).
+    let kept_dir = if policy.keep {
+        Some(crate::runs::create(id)?)
+    } else {
+        None
+    };
+    let mut kept = Vec::new();
+    if let Some(state) = kept_dir.as_ref().or(policy.from.as_ref()) {
+        let l = &policy.limits;
+        for (name, dest, cap) in [
+            ("tmp", "/tmp", l.tmp_size()),
+            ("home", spec::HOME_DIR, l.home_size()),
+        ] {
+            let (t, o) = writable_capped(&state.join(name), name, cap)?;
+            kept.push(o);
+            binds.push(Bind {
+                source: t,
+                dest,
+                writable: true,
+            });
+        }
+    }
     let mut src_overlay = None;
     if let Some(src) = &inputs.src_dir {
         let t = if policy.src_writable {
@@ -623,6 +652,20 @@ fn launch(
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
     let src_merged = src_overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
+    // --keep: /tmp, HOME and a copy of the output into the kept run's folders.
+    let mut kept_merged = Vec::new();
+    if let Some(dir) = &kept_dir {
+        kept_merged.extend(kept.iter().map(output::OutputOverlay::merge_data_only));
+        if let Some(o) = &overlay {
+            match sys::open_dir_nofollow(&dir.join("output")) {
+                Ok(fd) => kept_merged.push(o.merge_to(std::os::fd::AsFd::as_fd(&fd), true)),
+                Err(_) => kept_merged.push(output::Merged {
+                    failed: 1,
+                    ..Default::default()
+                }),
+            }
+        }
+    }
     let oom_kills = limits::oom_kills(id, cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
@@ -678,6 +721,28 @@ fn launch(
         inputs.src_dir.as_deref(),
         cap,
     ));
+    if let Some(dir) = &kept_dir {
+        for m in &kept_merged {
+            report
+                .warnings
+                .extend(merge_warnings("kept", m, Some(dir), cap));
+        }
+        let run = crate::runs::KeptRun {
+            id: id.to_string(),
+            image: image.name.clone(),
+            ended: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            status: serde_json::to_value(report.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            exit_code: report.exit_code,
+            bytes: 0,
+        };
+        crate::runs::finish(dir, &run)?;
+    }
     Ok(report)
 }
 

@@ -256,6 +256,27 @@ pub fn assert_code(o: &Output, code: i32, what: &str) {
     );
 }
 
+/// A data folder (XDG_DATA_HOME) of its own under `dir`, owned like `dir`: a private
+/// image store and kept-run store for one test. Returns its path.
+pub fn private_data_home(dir: &Path) -> String {
+    let data = dir.join("xdg");
+    if !data.exists() {
+        std::fs::create_dir(&data).unwrap();
+        let m = std::fs::metadata(dir).unwrap();
+        std::os::unix::fs::chown(&data, Some(m.uid()), Some(m.gid())).unwrap();
+    }
+    data.to_string_lossy().into_owned()
+}
+
+/// The id `run --keep` printed on stderr (`pysandbox: kept as ID ...`).
+pub fn kept_id(o: &Output) -> String {
+    let err = stderr(o);
+    err.split("pysandbox: kept as ")
+        .nth(1)
+        .map(|r| r.chars().take(19).collect())
+        .unwrap_or_else(|| panic!("no kept id in {err}"))
+}
+
 /// Asserts that pysandbox refused bad input: status 125, one line on stderr naming
 /// `expect`, nothing on stdout.
 pub fn assert_refused(o: &Output, what: &str, expect: &str) {
