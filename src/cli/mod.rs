@@ -322,7 +322,7 @@ fn run(a: RunArgs) -> Result<i32> {
     if log_net && let Some(net) = &report.network {
         print_net_log(net);
     }
-    if keep && !report.id.is_empty() {
+    if keep && pysandbox::runs::path(&report.id).is_ok() {
         eprintln!(
             "pysandbox: kept as {id} (pysandbox inspect {id}; run --from {id} -i; rm {id})",
             id = report.id

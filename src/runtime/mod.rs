@@ -741,7 +741,13 @@ fn launch(
             exit_code: report.exit_code,
             bytes: 0,
         };
-        crate::runs::finish(dir, &run)?;
+        // The run itself went fine: a kept state that cannot be recorded (a `prune`
+        // meanwhile) is a warning, not a lost report.
+        if let Err(e) = crate::runs::finish(dir, &run) {
+            report
+                .warnings
+                .push(format!("the run could not be kept: {e}"));
+        }
     }
     Ok(report)
 }
