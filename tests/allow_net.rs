@@ -394,6 +394,10 @@ each_mode!(
         };
         assert!(line("CapEff:").ends_with("0000000000000000"), "{status}");
         assert!(line("NoNewPrivs:").ends_with('1'), "{status}");
+        assert!(
+            line("Seccomp:").ends_with('2'),
+            "no seccomp filter: {status}"
+        );
         if who == Who::Root {
             assert!(
                 !line("Uid:").contains("\t0\t"),

@@ -20,10 +20,12 @@
 //! but its three is closed, stdio is /dev/null, job-control and terminal signals are
 //! ignored (pysandbox stops it), it dies with pysandbox (PR_SET_PDEATHSIG), it is not
 //! dumpable, has no new privileges and no capabilities (as root it becomes the sandbox's
-//! unprivileged host ids first). Then it uses threads: one per direction of each
-//! connection, at most [`MAX_CONNECTIONS`] connections, 64 KiB per direction, a
-//! request head of at most [`MAX_HEAD`] bytes read within [`HEAD_TIMEOUT`], a log of at
-//! most [`MAX_LOG`] entries (more are counted). pysandbox closes the stop pipe when the
+//! unprivileged host ids first), and installs its own seccomp filter (`proxy` in
+//! `seccomp/<arch>.json`: no exec, no file writes, no listening sockets, no ptrace).
+//! Then it uses threads: one per direction of each connection, at most
+//! [`MAX_CONNECTIONS`] connections, 64 KiB per direction, a request head of at most
+//! [`MAX_HEAD`] bytes read within [`HEAD_TIMEOUT`], a log of at most [`MAX_LOG`] entries
+//! (more are counted). pysandbox closes the stop pipe when the
 //! sandbox is gone; the proxy writes its log as JSON on the log pipe and exits.
 //!
 //! Must not: be started before the container exists (pysandbox forks), or outlive the
@@ -243,9 +245,12 @@ fn confine(keep: &[RawFd], parent: libc::pid_t, run_as: Option<(u32, u32)>) -> i
             rlim_max: n,
         };
         check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
-        // Last: the name says it is confined (tests wait for it).
-        libc::prctl(libc::PR_SET_NAME, c"pysandbox-proxy".as_ptr(), 0, 0, 0);
     }
+    // The syscall filter (no exec, no file writes, no listening, no ptrace...), then the
+    // name, which says the proxy is confined (tests wait for it).
+    crate::seccomp::install_proxy_filter()?;
+    // SAFETY: PR_SET_NAME with a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-proxy".as_ptr(), 0, 0, 0) };
     Ok(())
 }
 
