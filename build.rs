@@ -20,7 +20,7 @@ fn main() {
     let json = std::fs::File::open(&policy).unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
     let filters = seccompiler::compile_from_json(json, target)
         .unwrap_or_else(|e| panic!("seccomp policy {} does not compile: {e}", policy.display()));
-    for name in ["sandbox", "clone3_enosys", "socket_eafnosupport"] {
+    for name in ["sandbox", "clone3_enosys", "socket_eafnosupport", "proxy"] {
         let prog = filters
             .get(name)
             .unwrap_or_else(|| panic!("{} has no filter named {name:?}", policy.display()));

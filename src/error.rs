@@ -17,6 +17,8 @@ pub enum Error {
     Strict(#[from] crate::limits::StrictError),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Runs(#[from] crate::runs::RunsError),
 }
 
 impl Error {

@@ -25,6 +25,7 @@ pub mod net;
 pub mod policy;
 pub mod pool;
 pub mod report;
+pub mod runs;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;

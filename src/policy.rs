@@ -34,6 +34,8 @@ pub enum Script {
     Source(Vec<u8>),
     /// `--code "..."`: run as `python -c CODE`.
     Code(String),
+    /// `run -i` without a script: the interpreter's REPL.
+    Repl,
 }
 
 /// What the script reads on its standard input.
@@ -187,6 +189,9 @@ pub struct RunPolicy {
     pub limits: Limits,
     /// The sandbox's network (default: a private loopback only).
     pub network: Network,
+    /// `--allow-net`: with a private loopback only, egress through pysandbox's proxy to
+    /// these destinations (empty: no proxy).
+    pub allow_net: crate::net::allow::AllowList,
     /// Read-only data folder at `/usr/app/data` (the working directory); `None` = `--no-fs`.
     pub data: Option<PathBuf>,
     /// Writable output folder at `/usr/app/data/output`; `None` = default `DATA/output`.
@@ -195,6 +200,9 @@ pub struct RunPolicy {
     pub no_fs: bool,
     /// Folder to mount at `/usr/app/src` instead of the script's own folder.
     pub dev_src: Option<PathBuf>,
+    /// `--src-writable`: the folder at `/usr/app/src` is writable, like the output folder
+    /// (capped, merged back after the run, set-id bits dropped, no host symlink followed).
+    pub src_writable: bool,
     pub stdin: StdinSource,
     /// Extra environment variables for the script (`-e KEY=VAL`).
     pub env: Vec<(String, String)>,
@@ -205,6 +213,14 @@ pub struct RunPolicy {
     pub strict_limits: bool,
     /// Capture stdout/stderr into the report instead of passing them through.
     pub capture: bool,
+    /// `-i`: the interpreter runs interactively (`python -i`, or the REPL) on a terminal
+    /// of the sandbox's own, bridged to pysandbox's (which must be a terminal).
+    pub interactive: bool,
+    /// `--keep`: keep what the run leaves in `/tmp`, `HOME` and its output folder under
+    /// its id (see `runs`).
+    pub keep: bool,
+    /// `--from ID`: start `/tmp` and `HOME` from a kept run's state (its folder).
+    pub from: Option<PathBuf>,
     /// Image build mode: `/opt/conda` is writable, and its changes land in this host
     /// directory (an overlay upper layer, `DIR/upper`).
     pub conda_layer: Option<PathBuf>,
@@ -218,15 +234,20 @@ impl RunPolicy {
             image: ImageRef::Default,
             limits: Limits::default(),
             network: Network::None,
+            allow_net: Default::default(),
             data: None,
             output: None,
             no_fs: false,
             dev_src: None,
+            src_writable: false,
             stdin: StdinSource::Inherit,
             env: Vec::new(),
             seccomp_log: false,
             strict_limits: false,
             capture: false,
+            interactive: false,
+            keep: false,
+            from: None,
             conda_layer: None,
         }
     }
@@ -279,6 +300,39 @@ impl RunPolicy {
         if l.max_output < 2 {
             return Err(PolicyError::Invalid(
                 "--max-output must be at least 2 bytes".into(),
+            ));
+        }
+        if self.src_writable
+            && (self.no_fs || (self.dev_src.is_none() && !matches!(self.script, Script::File(_))))
+        {
+            return Err(PolicyError::Invalid(
+                "--src-writable needs a source folder: a script file (its folder), or --dev SRC; not --no-fs".into(),
+            ));
+        }
+        if self.keep && self.from.is_some() {
+            return Err(PolicyError::Invalid(
+                "--keep cannot be combined with --from: a run started from kept state is not kept again".into(),
+            ));
+        }
+        if self.script == Script::Repl && !self.interactive {
+            return Err(PolicyError::Invalid(
+                "no script given. Hint: pysandbox run SCRIPT.py, or -i for a REPL".into(),
+            ));
+        }
+        if self.interactive && matches!(self.script, Script::Source(_)) {
+            return Err(PolicyError::Invalid(
+                "-i cannot read the script from stdin (`-`): stdin is the terminal. Hint: save it to a file".into(),
+            ));
+        }
+        if self.interactive && (self.capture || self.stdin != StdinSource::Inherit) {
+            return Err(PolicyError::Invalid(
+                "-i cannot be combined with --json or --stdin: the script's terminal is yours"
+                    .into(),
+            ));
+        }
+        if !self.allow_net.rules.is_empty() && self.network != Network::None {
+            return Err(PolicyError::Invalid(
+                "--allow-net cannot be combined with --network: --allow-net keeps the sandbox's own loopback only and reaches the allowed hosts through pysandbox's proxy; --network opens the whole network".into(),
             ));
         }
         if self.no_fs && (self.data.is_some() || self.output.is_some() || self.dev_src.is_some()) {

@@ -108,6 +108,38 @@ pub struct Captured {
     pub total_bytes: u64,
 }
 
+/// One connection attempt through the `--allow-net` proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConnection {
+    /// How the script asked: `connect` (HTTP CONNECT), `http` (a plain HTTP request),
+    /// `socks5`, or `unknown` (a request the proxy could not parse).
+    pub protocol: String,
+    /// The host as the script named it (a name or an address literal).
+    pub host: String,
+    pub port: u16,
+    /// The resolved address the proxy connected to (allowed), or the one it refused;
+    /// `null` when nothing was resolved.
+    pub address: Option<String>,
+    pub allowed: bool,
+    /// Why it was refused, or why an allowed connection failed.
+    pub reason: Option<String>,
+    /// Bytes from the script to the server, and back.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The network of an `--allow-net` run: the proxy, its rules and every attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetReport {
+    /// Where the script reaches the proxy (in the sandbox's own loopback).
+    pub proxy: String,
+    /// The allow-list, as the proxy understood it.
+    pub allow: Vec<String>,
+    pub connections: Vec<NetConnection>,
+    /// Attempts beyond the log's cap, counted but not listed.
+    pub connections_dropped: u64,
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -144,6 +176,9 @@ pub struct RunReport {
     /// ahead of time ran it, and how long the run waited for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolRun>,
+    /// With `--allow-net` only: the proxy's log of every connection attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetReport>,
 }
 
 /// How a pooled run got its sandbox.
@@ -213,6 +248,7 @@ impl RunReport {
             error: Some(error),
             warnings: Vec::new(),
             pool: None,
+            network: None,
         }
     }
 

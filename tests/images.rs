@@ -43,18 +43,11 @@ fn with_store(who: Who, dir: &Path, args: &[&str]) -> std::process::Output {
         )
         .unwrap();
     }
-    let mut cmd = command(who, dir, args);
-    if matches!(who, Who::User | Who::UserInUserns) {
-        let mut a: Vec<String> = cmd.get_args().map(|x| x.to_string_lossy().into()).collect();
-        let i = a.iter().position(|x| x == "-i").unwrap();
-        a.insert(i + 1, format!("XDG_DATA_HOME={}", data.display()));
-        let prog = cmd.get_program().to_owned();
-        cmd = std::process::Command::new(prog);
-        cmd.args(a).current_dir(dir);
-    } else {
-        cmd.env("XDG_DATA_HOME", &data);
-    }
-    cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    let data = data.to_string_lossy();
+    command_with_env(who, dir, args, &[("XDG_DATA_HOME", &data)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 each_mode!(oci_layout_archive_and_store_names, |who| {

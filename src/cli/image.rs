@@ -29,6 +29,11 @@ pub enum ImageCommand {
         /// Build on this store image instead of the default (host Python) image.
         #[arg(long, value_name = "IMAGE")]
         base: Option<String>,
+        /// Let the build stage reach only these hosts (repeatable; as `run --allow-net`,
+        /// e.g. pypi.org and files.pythonhosted.org) through pysandbox's proxy, which logs
+        /// every connection on stderr, instead of the whole network.
+        #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
+        allow_net: Vec<String>,
     },
     /// List the images in the store.
     Ls,
@@ -148,13 +153,18 @@ pub fn run(cmd: ImageCommand) -> Result<i32> {
             name,
             force,
             base,
+            allow_net,
         } => {
+            for r in &allow_net {
+                pysandbox::net::allow::AllowRule::parse(r)?;
+            }
             let built = build(
                 &BuildOptions {
                     env_file: env.clone(),
                     name,
                     force,
                     base,
+                    allow_net,
                 },
                 &bars,
             )

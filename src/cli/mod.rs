@@ -45,6 +45,20 @@ enum Command {
     /// Images: build from an environment file, list, inspect, remove, prune, import, pull.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// List the kept runs (`run --keep`): id, image, when it ended, status, size.
+    Ps,
+    /// List what a kept run created or changed in /tmp, HOME and its output folder.
+    Inspect {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Remove a kept run.
+    Rm {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Remove every kept run.
+    Prune,
 }
 
 #[derive(Args)]
@@ -183,6 +197,18 @@ struct RunArgs {
         default_missing_value = "pasta"
     )]
     network: Option<String>,
+    /// Egress allow-list (repeatable): HOST[:PORT], *.DOMAIN[:PORT], an IP or a CIDR
+    /// ([IPv6]:PORT). The sandbox keeps its own loopback only; pysandbox's proxy on its
+    /// 127.0.0.1:3128 (HTTP CONNECT, plain HTTP, SOCKS5h; HTTP_PROXY, HTTPS_PROXY,
+    /// ALL_PROXY and PIP_PROXY point at it) resolves names itself and connects only to
+    /// allowed *resolved* addresses. A name never reaches loopback, private, link-local or
+    /// metadata addresses: allow those by address. Every attempt is in the JSON report.
+    #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
+    allow_net: Vec<String>,
+    /// Print the proxy's log of every connection attempt (--allow-net) on stderr after
+    /// the run.
+    #[arg(long)]
+    log_net: bool,
     /// Read-only data folder, the script's working directory (default: the current folder).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -192,10 +218,16 @@ struct RunArgs {
     /// No host files at all: no data folder, no output folder (the script is copied in).
     #[arg(long)]
     no_fs: bool,
-    /// Development mode: mount this source folder read-only at /usr/app/src; the script
-    /// must be inside it.
+    /// Development mode: mount this source folder read-only (writable with
+    /// --src-writable) at /usr/app/src; the script must be inside it.
     #[arg(long, value_name = "SRC")]
     dev: Option<PathBuf>,
+    /// The source folder at /usr/app/src (--dev SRC, or the script's own folder) writable,
+    /// as the output folder is: changes land in a capped layer (--output-limit) written
+    /// back when the run ends, without set-id bits and never through a host symlink. The
+    /// script can then modify its own source (a warning says so).
+    #[arg(long)]
+    src_writable: bool,
     /// Feed this file to the script's stdin (default: pysandbox's own stdin).
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -207,6 +239,21 @@ struct RunArgs {
     /// script still gets the same EPERM.
     #[arg(long)]
     seccomp_log: bool,
+    /// Keep what the run leaves in /tmp, HOME and its output folder under the run's id
+    /// (private to you, capped like those folders, files without execute bits), for
+    /// `pysandbox ps`, `inspect ID`, `run --from ID` and `rm ID`.
+    #[arg(long)]
+    keep: bool,
+    /// Start /tmp and HOME from a kept run's state (e.g. `run --from ID -i` for a REPL
+    /// there); the kept run itself is not changed.
+    #[arg(long, value_name = "ID")]
+    from: Option<String>,
+    /// Interactive: the script (or --code) runs with `python -i`, or, with neither, the
+    /// Python REPL, on a terminal of the sandbox's own bridged to yours (raw mode while it
+    /// runs; Ctrl-C, Ctrl-D and window size reach Python; TERM is passed). Needs a terminal
+    /// on stdin; same isolation and limits as any run.
+    #[arg(short = 'i', long = "interactive")]
+    interactive: bool,
     /// Run this code (like python -c) instead of a script file.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
@@ -278,6 +325,9 @@ fn build_policy(mut a: RunArgs) -> Result<RunPolicy> {
             }
             Script::Code(code)
         }
+        (None, Some(s)) if s == "-" && a.interactive => bail!(
+            "-i cannot read the script from stdin (`-`): stdin is the terminal. Hint: save it to a file"
+        ),
         (None, Some(s)) if s == "-" => {
             let mut body = Vec::new();
             std::io::stdin()
@@ -286,8 +336,9 @@ fn build_policy(mut a: RunArgs) -> Result<RunPolicy> {
             Script::Source(body)
         }
         (None, Some(s)) => Script::File(PathBuf::from(s)),
+        (None, None) if a.interactive => Script::Repl,
         (None, None) => bail!(
-            "no script given. Hint: pysandbox run SCRIPT.py [ARGS...], or --code \"...\", or - to read it from stdin"
+            "no script given. Hint: pysandbox run SCRIPT.py [ARGS...], or --code \"...\", or - to read it from stdin, or -i for a REPL"
         ),
     };
     let mut p = RunPolicy::new(script);
@@ -304,16 +355,32 @@ fn build_policy(mut a: RunArgs) -> Result<RunPolicy> {
     p.limits.max_output = policy::parse_size(&a.max_output)?;
     p.strict_limits = a.strict_limits;
     p.capture = a.json;
+    p.interactive = a.interactive;
+    p.keep = a.keep;
+    if let Some(id) = &a.from {
+        p.from = Some(pysandbox::runs::path(id)?);
+    }
+    if a.interactive
+        && let Ok(term) = std::env::var("TERM")
+    {
+        p.env.push(("TERM".into(), term));
+    }
     p.conda_layer = a.conda_layer;
     p.network = match a.network.as_deref() {
         None => policy::Network::None,
         Some(m) => policy::Network::parse(m)?,
     };
     p.seccomp_log = a.seccomp_log;
+    for r in &a.allow_net {
+        p.allow_net
+            .rules
+            .push(pysandbox::net::allow::AllowRule::parse(r)?);
+    }
     p.data = a.data;
     p.output = a.output;
     p.no_fs = a.no_fs;
     p.dev_src = a.dev;
+    p.src_writable = a.src_writable;
     p.stdin = match a.stdin {
         Some(f) => StdinSource::File(f),
         None => StdinSource::Inherit,
@@ -329,6 +396,11 @@ fn run(a: RunArgs) -> Result<i32> {
     let timeout = a.timeout.clone();
     let json = a.json;
     let worker = a.pool_worker;
+    let log_net = a.log_net;
+    let keep = a.keep;
+    if log_net && a.allow_net.is_empty() {
+        bail!("--log-net logs the connections of --allow-net, which was not given");
+    }
     let policy = build_policy(a)?;
     if worker {
         return Ok(pysandbox::pool::worker::run_worker(&policy));
@@ -352,6 +424,15 @@ fn run(a: RunArgs) -> Result<i32> {
     };
     for w in &report.warnings {
         eprintln!("pysandbox: warning: {w}");
+    }
+    if log_net && let Some(net) = &report.network {
+        print_net_log(net);
+    }
+    if keep && pysandbox::runs::path(&report.id).is_ok() {
+        eprintln!(
+            "pysandbox: kept as {id} (pysandbox inspect {id}; run --from {id} -i; rm {id})",
+            id = report.id
+        );
     }
     if json {
         // The report carries it too; stderr is pysandbox's own channel here.
@@ -497,6 +578,87 @@ fn serve(a: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `--log-net`: one line per connection attempt, on stderr.
+fn print_net_log(net: &pysandbox::report::NetReport) {
+    eprintln!(
+        "pysandbox: network: {} connection attempts through the proxy (allowed: {})",
+        net.connections.len() as u64 + net.connections_dropped,
+        net.allow.join(", ")
+    );
+    for c in &net.connections {
+        let verdict = match (c.allowed, &c.reason) {
+            (true, None) => "allowed".to_string(),
+            (true, Some(r)) => format!("allowed, failed: {r}"),
+            (false, r) => format!("refused: {}", r.as_deref().unwrap_or("?")),
+        };
+        eprintln!(
+            "pysandbox: net {} {}:{} -> {} {verdict} (sent {} B, received {} B)",
+            c.protocol,
+            c.host,
+            c.port,
+            c.address.as_deref().unwrap_or("-"),
+            c.bytes_sent,
+            c.bytes_received
+        );
+    }
+    if net.connections_dropped > 0 {
+        eprintln!(
+            "pysandbox: net: {} more attempts not listed (log cap)",
+            net.connections_dropped
+        );
+    }
+}
+
+fn runs_ps() -> Result<i32> {
+    println!(
+        "{:<20} {:<28} {:<20} {:<14} {:>10}",
+        "ID", "IMAGE", "ENDED (UTC)", "STATUS", "SIZE"
+    );
+    for r in pysandbox::runs::list()? {
+        println!(
+            "{:<20} {:<28} {:<20} {:<14} {:>10}",
+            r.id,
+            r.image,
+            utc(r.ended),
+            r.status,
+            r.bytes
+        );
+    }
+    Ok(0)
+}
+
+fn runs_inspect(id: &str) -> Result<i32> {
+    for (path, bytes, dir) in pysandbox::runs::contents(id)? {
+        if dir {
+            println!("{path}/");
+        } else {
+            println!("{path} ({bytes} B)");
+        }
+    }
+    Ok(0)
+}
+
+/// Unix time as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(t: u64) -> String {
+    let (days, secs) = (t / 86400, t % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 fn doctor() -> i32 {
     use pysandbox::doctor::Level;
     let checks = pysandbox::doctor::run_checks();
@@ -545,6 +707,15 @@ pub fn main() -> i32 {
             Command::Serve(a) => serve(*a),
             Command::Mcp(a) => mcp(a),
             Command::Image(c) => image::run(c),
+            Command::Ps => runs_ps(),
+            Command::Inspect { id } => runs_inspect(&id),
+            Command::Rm { id } => pysandbox::runs::remove(&id).map(|()| 0).map_err(Into::into),
+            Command::Prune => pysandbox::runs::prune()
+                .map(|n| {
+                    println!("removed {n} kept runs");
+                    0
+                })
+                .map_err(Into::into),
         }
     });
     match result {

@@ -67,6 +67,10 @@ pub struct BuildOptions {
     pub force: bool,
     /// A store image to build on instead of the default (host Python) image.
     pub base: Option<String>,
+    /// `--allow-net` rules for the build stage: it then reaches only these hosts through
+    /// pysandbox's proxy (and logs every connection on stderr) instead of the whole
+    /// network.
+    pub allow_net: Vec<String>,
 }
 
 /// What was built.
@@ -291,18 +295,22 @@ if os.path.isdir(site):
 "#;
 
 /// Environment variables the build stage passes on to pip (index, proxy, CA settings).
+/// With `--allow-net`, the proxy variables (from [`PROXY_ENV`] on) are pysandbox's own.
 const PASSED_ENV: &[&str] = &[
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "PIP_TRUSTED_HOST",
     "PIP_DEFAULT_TIMEOUT",
-    "HTTP_PROXY",
+    PROXY_ENV,
     "HTTPS_PROXY",
     "NO_PROXY",
     "http_proxy",
     "https_proxy",
     "no_proxy",
 ];
+
+/// The first proxy variable of [`PASSED_ENV`].
+const PROXY_ENV: &str = "HTTP_PROXY";
 
 /// Builds (or finds up to date) the image of an environment file.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, BuildError> {
@@ -377,6 +385,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let work = store.tmp_path("build");
     fs::create_dir_all(&work).map_err(io_err("creating the build directory"))?;
     let result = build_in(
+        &opts.allow_net,
         &opts.env_file,
         &env,
         &name,
@@ -392,6 +401,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
 
 #[allow(clippy::too_many_arguments)]
 fn build_in(
+    allow_net: &[String],
     env_file: &Path,
     env: &EnvFile,
     name: &str,
@@ -423,16 +433,16 @@ fn build_in(
     // The build stage: this very binary, `run` with the build-only mount of /opt/conda.
     let exe = std::env::current_exe().map_err(io_err("finding the pysandbox binary"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run")
-        .args([
-            "--network",
-            "--timeout",
-            "60m",
-            "--memory",
-            "4G",
-            "--pids",
-            "1024",
-        ])
+    cmd.arg("run");
+    if allow_net.is_empty() {
+        cmd.arg("--network");
+    } else {
+        for rule in allow_net {
+            cmd.arg("--allow-net").arg(rule);
+        }
+        cmd.arg("--log-net");
+    }
+    cmd.args(["--timeout", "60m", "--memory", "4G", "--pids", "1024"])
         .args(["--output-limit", "64M"])
         .arg("--image")
         .arg(&base.rootfs)
@@ -444,7 +454,12 @@ fn build_in(
         .arg(&data)
         .arg("--stdin")
         .arg("/dev/null");
-    for k in PASSED_ENV {
+    let proxy_at = PASSED_ENV.iter().position(|k| *k == PROXY_ENV);
+    let passed = match proxy_at {
+        Some(i) if !allow_net.is_empty() => &PASSED_ENV[..i],
+        _ => PASSED_ENV,
+    };
+    for k in passed {
         if std::env::var_os(k).is_some() {
             cmd.arg("-e").arg(k);
         }

@@ -1,4 +1,6 @@
-//! The network of a sandbox run with `--network`: its own network namespace, connected
+//! The network of a sandbox beyond its loopback. `--allow-net`: the egress proxy
+//! ([`proxy`], with its allow-list in [`allow`]), the only way out of a sandbox that has
+//! nothing but its loopback. `--network`: its own network namespace, connected
 //! to the outside by `pasta` (from the passt project), a user-mode TCP/IP stack that
 //! needs neither root nor iptables. The host's local IPC stays out of reach:
 //! - every port forwarding is off in both directions (`-t none -u none -T none -U none`),
@@ -20,8 +22,12 @@
 //! credentials (root of the sandbox's user namespace, an unprivileged id on the host),
 //! never as host root.
 //!
-//! Must not: touch libcontainer (runtime/ hands over the init's namespaces), or add a
-//! thread to the process (it forks).
+//! Must not: touch libcontainer (runtime/ hands over the init's namespaces and the
+//! proxy's listening socket), or add a thread to pysandbox's process (it forks; the
+//! proxy's threads live in its own forked process).
+
+pub mod allow;
+pub mod proxy;
 
 use std::fs;
 use std::io::{self, Read};

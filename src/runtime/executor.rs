@@ -57,6 +57,15 @@ pub struct ExecPlan {
     /// init is not dumpable, so pysandbox could not open them through /proc as an
     /// ordinary user.
     pub send_namespaces: bool,
+    /// `--allow-net`: listen on this port of 127.0.0.1 and send pysandbox the listening
+    /// socket (`proxy` line), for the proxy it runs outside the sandbox.
+    pub proxy_port: Option<u16>,
+    /// `run -i`: the window size (rows, columns) of a terminal to open in the sandbox's
+    /// own devpts. The init sends pysandbox the master (`pty` line) and keeps no copy;
+    /// the interpreter gets the slave as its controlling terminal and stdio.
+    pub pty: Option<(u16, u16)>,
+    /// The slave of that terminal, between `prepare` and the fork (-1: none).
+    pub pty_slave: std::sync::atomic::AtomicI32,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
     pub status_fd: RawFd,
@@ -156,8 +165,17 @@ impl ExecPlan {
                 crate::sys::send_fd(self.status_fd, tag, &fd);
             }
         }
+        if let Some(port) = self.proxy_port {
+            let fd = listen_on_loopback(port)?;
+            crate::sys::send_fd(self.status_fd, b"proxy 0\n", &fd);
+        }
+        if let Some(size) = self.pty {
+            let slave = self.open_pty(size)?;
+            self.pty_slave
+                .store(slave, std::sync::atomic::Ordering::Relaxed);
+        }
         self.enter_unprivileged_userns()?;
-        drop_all_capabilities()?;
+        crate::sys::drop_all_capabilities().map_err(|e| format!("dropping capabilities: {e}"))?;
         // Set after the last credential change (which clears it): when pysandbox dies,
         // so does this init, and with it the whole pid namespace.
         check(
@@ -179,6 +197,52 @@ impl ExecPlan {
             unsafe { libc::_exit(137) };
         }
         Ok(())
+    }
+
+    /// A terminal of the sandbox's devpts: sends the master to pysandbox (and closes it
+    /// here), returns the slave. Ctrl-Z is disabled on it: no shell in the sandbox would
+    /// ever continue a stopped interpreter.
+    fn open_pty(&self, (rows, cols): (u16, u16)) -> Result<RawFd, String> {
+        const TIOCGPTPEER: libc::c_ulong = 0x5441; // _IO('T', 0x41)
+        // SAFETY: open/ioctl/tc*attr on descriptors owned here; `ws` and `t` are valid,
+        // properly sized buffers.
+        unsafe {
+            let m = libc::open(
+                c"/dev/pts/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if m < 0 {
+                return Err(err("opening the sandbox's /dev/pts/ptmx"));
+            }
+            let master = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(m);
+            let unlock: libc::c_int = 0;
+            check(
+                libc::ioctl(m, libc::TIOCSPTLCK, &unlock),
+                "unlocking the terminal",
+            )?;
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            check(libc::ioctl(m, libc::TIOCSWINSZ, &ws), "sizing the terminal")?;
+            let slave = libc::ioctl(
+                m,
+                TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if slave < 0 {
+                return Err(err("opening the terminal's slave"));
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(slave, &mut t) == 0 {
+                t.c_cc[libc::VSUSP] = 0; // _POSIX_VDISABLE
+                libc::tcsetattr(slave, libc::TCSANOW, &t);
+            }
+            crate::sys::send_fd(self.status_fd, b"pty 0\n", &master);
+            Ok(slave)
+        }
     }
 
     /// Nested user namespace: `mambauser` (1000) inside = the container's root outside.
@@ -278,6 +342,17 @@ impl ExecPlan {
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // `run -i`: a session of its own with the terminal as controlling terminal
+            // (its process group in the foreground: Ctrl-C is a SIGINT for it) and stdio.
+            let slave = self.pty_slave.load(std::sync::atomic::Ordering::Relaxed);
+            if slave >= 0 {
+                libc::setsid();
+                libc::ioctl(slave, libc::TIOCSCTTY, 0);
+                for fd in 0..3 {
+                    libc::dup2(slave, fd);
+                }
+                libc::close(slave);
+            }
             // The status socket (and anything else) must not survive into Python.
             libc::syscall(
                 libc::SYS_close_range,
@@ -430,6 +505,38 @@ fn scrub_own_cmdline() {
     }
 }
 
+/// A TCP socket listening on 127.0.0.1:`port` of this (the sandbox's) network
+/// namespace: the script's way to the `--allow-net` proxy, which accepts from outside.
+fn listen_on_loopback(port: u16) -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: socket/bind/listen with a properly sized sockaddr_in; the descriptor is
+    // owned (and closed on error) by the OwnedFd.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(err("socket for the proxy"));
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        check(
+            libc::bind(
+                s,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            "binding the proxy's port",
+        )?;
+        check(libc::listen(s, 128), "listening on the proxy's port")?;
+        Ok(fd)
+    }
+}
+
 #[repr(C)]
 struct IfReq {
     name: [libc::c_char; libc::IFNAMSIZ],
@@ -459,72 +566,6 @@ fn loopback_up() -> Result<(), String> {
         libc::close(s);
         if r < 0 {
             return Err(e);
-        }
-    }
-    Ok(())
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-const CAP_V3: u32 = 0x2008_0522;
-
-// securebits: NOROOT, NO_SETUID_FIXUP (we clear by hand), KEEP_CAPS off, ambient raise
-// forbidden; every one locked.
-const SECUREBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
-
-/// Empties every capability set of this process (in the nested namespace it holds them
-/// all) and checks the result.
-fn drop_all_capabilities() -> Result<(), String> {
-    // SAFETY: prctl/capset/capget with properly laid out buffers.
-    unsafe {
-        for cap in 0..64 {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
-        }
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-        check(
-            libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0),
-            "locking securebits",
-        )?;
-        let hdr = CapHeader {
-            version: CAP_V3,
-            pid: 0,
-        };
-        let data = [CapData::default(); 2];
-        check(
-            libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) as libc::c_int,
-            "clearing capabilities",
-        )?;
-        let mut hdr = CapHeader {
-            version: CAP_V3,
-            pid: 0,
-        };
-        let mut got = [CapData::default(); 2];
-        check(
-            libc::syscall(libc::SYS_capget, &mut hdr, got.as_mut_ptr()) as libc::c_int,
-            "reading capabilities",
-        )?;
-        let any = got
-            .iter()
-            .any(|d| d.effective | d.permitted | d.inheritable != 0);
-        let bset_left = (0..64).any(|c| libc::prctl(libc::PR_CAPBSET_READ, c, 0, 0, 0) == 1);
-        if any || bset_left {
-            return Err("capabilities could not be cleared".into());
         }
     }
     Ok(())

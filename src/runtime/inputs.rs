@@ -110,7 +110,7 @@ impl Inputs {
                     ));
                 }
             }
-            Script::Code(_) => {
+            Script::Code(_) | Script::Repl => {
                 if let Some(dev) = &p.dev_src {
                     inp.src_dir = Some(canonical_dir(dev, "--dev folder")?);
                 }

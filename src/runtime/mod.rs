@@ -16,6 +16,7 @@ mod outcome;
 mod output;
 mod stage;
 mod supervise;
+mod terminal;
 
 use std::ffi::CString;
 use std::fs;
@@ -178,6 +179,12 @@ pub fn run_warm(policy: &RunPolicy, warm: &mut dyn Warm) -> Result<RunReport, cr
 
 fn run_with(policy: &RunPolicy, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::Error> {
     policy.validate()?;
+    if policy.interactive && !terminal::stdin_is_terminal() {
+        return Err(RuntimeError::Input(
+            "-i needs a terminal: pysandbox's stdin is not one. Hint: run it from a terminal, or drop -i and pipe the input in".into(),
+        )
+        .into());
+    }
     host::check_kernel()?;
     let mode = Mode::detect()?;
     mark("start");
@@ -265,6 +272,9 @@ fn run_prepared(
         }
         None => launch(&ctx, None),
     };
+    if result.is_err() && policy.keep {
+        crate::runs::discard(&id); // a run that never ended is not kept
+    }
     let cgroups_left = if mode.is_root() {
         limits::remove_stale_cgroups(&id)
     } else {
@@ -280,7 +290,11 @@ fn run_prepared(
 /// The interpreter's command line and environment.
 fn command(r: &RunCtx) -> (Vec<String>, Vec<(String, String)>) {
     let mut argv = vec![r.image.python.clone()];
+    if r.policy.interactive && r.policy.script != Script::Repl {
+        argv.push("-i".into());
+    }
     match (&r.policy.script, &r.inputs.script_in_sandbox) {
+        (Script::Repl, _) => {}
         (Script::Code(code), _) => {
             argv.push("-c".into());
             argv.push(code.clone());
@@ -289,7 +303,19 @@ fn command(r: &RunCtx) -> (Vec<String>, Vec<(String, String)>) {
         (_, None) => unreachable!("a script file or source always has a path"),
     }
     argv.extend(r.policy.args.iter().cloned());
-    (argv, environment(&r.image.env, &r.policy.env))
+    // The proxy's variables come before the user's -e, which may replace them.
+    let mut user_env = if proxied(r.policy) {
+        crate::net::proxy::environment()
+    } else {
+        Vec::new()
+    };
+    user_env.extend(r.policy.env.iter().cloned());
+    (argv, environment(&r.image.env, &user_env))
+}
+
+/// `--allow-net`: the sandbox reaches out only through pysandbox's proxy.
+fn proxied(policy: &RunPolicy) -> bool {
+    !policy.allow_net.rules.is_empty()
 }
 
 /// A created container whose init waits for the start signal, and pysandbox's ends of
@@ -339,6 +365,9 @@ fn create(
             .collect::<Result<_, _>>()?,
         loopback: r.policy.network.private(),
         send_namespaces: r.pasta.is_some(),
+        proxy_port: proxied(r.policy).then_some(crate::net::proxy::PROXY_PORT),
+        pty: r.policy.interactive.then(terminal::window_size),
+        pty_slave: std::sync::atomic::AtomicI32::new(-1),
         status_fd: status_w.as_raw_fd(),
         parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
@@ -364,7 +393,7 @@ fn create(
         .as_raw();
     let pidfd = sys::pidfd_open(init_pid).map_err(io_err("watching the sandbox"))?;
     let signals = SignalFd::with_flags(
-        &supervise::relayed_set(),
+        &relayed(r.policy),
         SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
     )
     .map_err(|e| io_err("receiving signals")(e.into()))?;
@@ -386,7 +415,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
     // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
     // every signal before exec.)
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&supervise::relayed_set()), None)
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed(policy)), None)
         .map_err(|e| io_err("blocking signals")(e.into()))?;
 
     let user_sysctls = limits::user_sysctls();
@@ -465,6 +494,53 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         }
         mark("network up");
     }
+    // The --allow-net proxy, on the listening socket the init made in the sandbox's
+    // namespace, while the init waits. Dropping it (any error below) kills it.
+    let proxy = if proxied(policy) {
+        let started = receive_fd(&c.status_r, b"proxy 0\n").and_then(|listener| {
+            let run_as = match r.mode {
+                Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+                Mode::Rootless => None,
+            };
+            crate::net::proxy::start(listener, &policy.allow_net, run_as)
+                .map_err(crate::Error::from)
+        });
+        match started {
+            Ok(p) => {
+                mark("proxy up");
+                Some(p)
+            }
+            Err(e) => {
+                supervise::kill_and_reap(&guard, c.init_pid);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    // `-i`: the sandbox's terminal (its master; the init kept no copy), and pysandbox's
+    // own in raw mode until this function returns.
+    let (pty, _raw_mode) = if policy.interactive {
+        let got = receive_fd(&c.status_r, b"pty 0\n").and_then(|master| {
+            let raw =
+                terminal::RawMode::enter().map_err(io_err("putting your terminal in raw mode"))?;
+            Ok((master, raw))
+        });
+        match got {
+            Ok((m, raw)) => (Some(m), Some(raw)),
+            Err(e) => {
+                supervise::kill_and_reap(&guard, c.init_pid);
+                return Err(e);
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err("duplicating the terminal"));
+    let (to_sandbox, from_stdout, resize) = match &pty {
+        Some(m) => (dup(m)?, dup(m)?, Some(dup(m)?)),
+        None => (c.in_w, c.out_r, None),
+    };
     let mut input = match &r.inputs.stdin {
         Some(fd) => supervise::Input::Fd(fd.try_clone().map_err(io_err("duplicating stdin"))?),
         None => supervise::Input::None,
@@ -475,7 +551,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         .start()
         .map_err(|e| crate::Error::from(lc_err("starting the sandbox")(e)));
     if let (Ok(()), Some(w)) = (&started, warm) {
-        match warm_up(&c, staged.claim_dir.as_deref(), w) {
+        match warm_up(&from_stdout, &c.pidfd, staged.claim_dir.as_deref(), w) {
             Ok(claim) => {
                 input = supervise::Input::Bytes(claim.stdin);
                 timeout = claim.timeout;
@@ -490,8 +566,9 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
             pidfd: c.pidfd,
             signals: c.signals,
             input,
-            to_sandbox: Some(c.in_w),
-            from_stdout: c.out_r,
+            to_sandbox: Some(to_sandbox),
+            from_stdout,
+            resize,
             from_stderr: c.err_r,
             out_sink: sink(policy, false),
             err_sink: sink(policy, true),
@@ -503,12 +580,41 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         .map_err(|e| io_err("supervising the sandbox")(e).into())
     });
     mark("supervised");
+    let net_log = proxy.map(|p| {
+        let log = p.finish();
+        mark("proxy log");
+        log
+    });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = staged
         .overlay
         .as_ref()
         .map(|o| o.merge())
         .unwrap_or_default();
+    let src_merged = staged
+        .src_overlay
+        .as_ref()
+        .map(|o| o.merge())
+        .unwrap_or_default();
+    // --keep: /tmp, HOME and a copy of the output into the kept run's folders.
+    let mut kept_merged = Vec::new();
+    if let Some(dir) = &staged.kept_dir {
+        kept_merged.extend(
+            staged
+                .kept
+                .iter()
+                .map(output::OutputOverlay::merge_data_only),
+        );
+        if let Some(o) = &staged.overlay {
+            match sys::open_dir_nofollow(&dir.join("output")) {
+                Ok(fd) => kept_merged.push(o.merge_to(fd.as_fd(), true)),
+                Err(_) => kept_merged.push(output::Merged {
+                    failed: 1,
+                    ..Default::default()
+                }),
+            }
+        }
+    }
     let oom_kills = limits::oom_kills(r.id, r.cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
@@ -530,19 +636,73 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         status,
         limits,
         oom_kills > 0,
-        merged.full,
+        merged.full || src_merged.full,
     );
+    report.network = net_log;
     mark("reported");
     outcome::add_warnings(
         &mut report,
         r.policy,
-        r.inputs,
         r.cgroups,
-        staged.warnings,
-        not_capped,
-        &merged,
+        (
+            r.inputs
+                .warnings
+                .iter()
+                .cloned()
+                .chain(staged.warnings)
+                .collect(),
+            not_capped,
+        ),
+        &[
+            ("output", &merged, r.inputs.output.as_deref()),
+            ("source", &src_merged, r.inputs.src_dir.as_deref()),
+        ],
     );
+    if let Some(dir) = &staged.kept_dir {
+        keep(r, dir, &kept_merged, &mut report);
+    }
     Ok(report)
+}
+
+/// `--keep`: records the kept run (its state is merged already).
+fn keep(r: &RunCtx, dir: &Path, kept_merged: &[output::Merged], report: &mut RunReport) {
+    let cap = r.policy.limits.output_cap();
+    for m in kept_merged {
+        report
+            .warnings
+            .extend(outcome::merge_warnings("kept", m, Some(dir), cap));
+    }
+    let run = crate::runs::KeptRun {
+        id: r.id.to_string(),
+        image: r.image.name.clone(),
+        ended: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        status: serde_json::to_value(report.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        exit_code: report.exit_code,
+        bytes: 0,
+    };
+    // The run itself went fine: a kept state that cannot be recorded (a `prune`
+    // meanwhile) is a warning, not a lost report.
+    if let Err(e) = crate::runs::finish(dir, &run) {
+        report
+            .warnings
+            .push(format!("the run could not be kept: {e}"));
+    }
+}
+
+/// The signals pysandbox blocks and reads from a signalfd while it supervises.
+fn relayed(policy: &RunPolicy) -> nix::sys::signal::SigSet {
+    let mut relayed = supervise::relayed_set();
+    if policy.interactive {
+        // Not relayed: the sandbox's terminal takes pysandbox's window size.
+        relayed.add(nix::sys::signal::Signal::SIGWINCH);
+    }
+    relayed
 }
 
 fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
@@ -574,12 +734,17 @@ const WARM_START: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A started warm sandbox: waits for its interpreter's "ready" byte, tells the pool,
 /// waits for the claim and stages the claim's files.
-fn warm_up(c: &Created, claim_dir: Option<&Path>, w: &mut dyn Warm) -> Result<Claim, crate::Error> {
+fn warm_up(
+    out: &OwnedFd,
+    pidfd: &OwnedFd,
+    claim_dir: Option<&Path>,
+    w: &mut dyn Warm,
+) -> Result<Claim, crate::Error> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let not_started = || input_err("the sandbox's interpreter did not start".into());
     let mut fds = [
-        PollFd::new(c.out_r.as_fd(), PollFlags::POLLIN),
-        PollFd::new(c.pidfd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(out.as_fd(), PollFlags::POLLIN),
+        PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
     ];
     let ms = PollTimeout::try_from(WARM_START.as_millis() as i32).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, ms) {
@@ -587,14 +752,14 @@ fn warm_up(c: &Created, claim_dir: Option<&Path>, w: &mut dyn Warm) -> Result<Cl
         _ => return Err(not_started().into()),
     }
     let mut byte = [0u8; 1];
-    match nix::unistd::read(c.out_r.as_raw_fd(), &mut byte) {
+    match nix::unistd::read(out.as_raw_fd(), &mut byte) {
         Ok(1) if byte[0] == 0x06 => {}
         _ => return Err(not_started().into()),
     }
     mark("interpreter ready");
     w.ready().map_err(io_err("announcing the sandbox"))?;
     let claim = w
-        .claim(c.pidfd.as_fd())
+        .claim(pidfd.as_fd())
         .map_err(io_err("waiting for the run"))?
         .ok_or_else(|| input_err("the sandbox was not claimed".into()))?;
     mark("claimed");
@@ -623,29 +788,32 @@ fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
 
 /// The init's network and pid namespaces, sent by the executor before `build()` returned.
 fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
-    let get = |tag: &[u8]| {
-        // Already sent, before build() returned: never wait long for it.
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(status),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
-            return Err(io_err("receiving the sandbox's namespaces")(
-                io::Error::from(io::ErrorKind::TimedOut),
-            ));
-        }
-        let mut buf = [0u8; 16];
-        match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
-            Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
-            Ok(_) => Err(io_err("receiving the sandbox's namespaces")(
-                io::Error::other("the sandbox's init did not send them"),
-            )),
-            Err(e) => Err(io_err("receiving the sandbox's namespaces")(e)),
-        }
-    };
-    let net = get(b"netns 0\n")?;
-    let pid = get(b"pidns 0\n")?;
+    let net = receive_fd(status, b"netns 0\n")?;
+    let pid = receive_fd(status, b"pidns 0\n")?;
     Ok((net, pid))
+}
+
+/// One descriptor the executor sent with `tag` before `build()` returned.
+fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, crate::Error> {
+    let step = "receiving the sandbox's namespaces and sockets";
+    // Already sent, before build() returned: never wait long for it.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(status),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
+        return Err(io_err(step)(io::Error::from(io::ErrorKind::TimedOut)).into());
+    }
+    let mut buf = [0u8; 16];
+    match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
+        Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
+        Ok(_) => Err(io_err(step)(io::Error::other(format!(
+            "the sandbox's init did not send {}",
+            String::from_utf8_lossy(tag).trim()
+        )))
+        .into()),
+        Err(e) => Err(io_err(step)(e).into()),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::io;
 use std::path::Path;
 
-use super::inputs::Inputs;
 use super::{HOST_NETWORK_WARNING, ResolvedImage, Status, output, supervise};
 use crate::limits::CgroupSupport;
 use crate::policy::{Network, RunPolicy};
@@ -81,22 +80,22 @@ pub(super) fn make_report(
         error,
         warnings: Vec::new(),
         pool: None,
+        network: None,
     }
 }
 
 /// The report's warnings: what staging and the inputs said, then every limit or budget
-/// that is not what was asked, and what the output merge left out.
+/// that is not what was asked (`notes`: staging's warnings, budgets not capped), and
+/// what the merges back into host folders (`merges`: what, how, where) left out.
 pub(super) fn add_warnings(
     report: &mut RunReport,
     policy: &RunPolicy,
-    inputs: &Inputs,
     cgroups: CgroupSupport,
-    staged: Vec<String>,
-    not_capped: Vec<String>,
-    merged: &output::Merged,
+    notes: (Vec<String>, Vec<String>),
+    merges: &[(&str, &output::Merged, Option<&Path>)],
 ) {
+    let (staged, not_capped) = notes;
     let w = &mut report.warnings;
-    w.extend(inputs.warnings.iter().cloned());
     w.extend(staged);
     if let Some(cpus) = policy.limits.cpus
         && !cgroups.enforces_memory()
@@ -114,31 +113,43 @@ pub(super) fn add_warnings(
         w.push(HOST_NETWORK_WARNING.into());
     }
     if report.signal == Some(libc::SIGSYS) {
-        report.warnings.push(
+        w.push(
             "the seccomp filter killed the script: it made a system call through another architecture's ABI (e.g. int 0x80)".into(),
         );
     }
-    let output = || inputs.output.as_deref().unwrap_or(Path::new("?")).display();
+    let cap = policy.limits.output_cap();
+    for (what, merged, folder) in merges {
+        w.extend(merge_warnings(what, merged, *folder, cap));
+    }
+}
+
+/// What a merge back into a host folder (`what`: output, source, kept) left out, if anything.
+pub(super) fn merge_warnings(
+    what: &str,
+    merged: &output::Merged,
+    folder: Option<&Path>,
+    cap: u64,
+) -> Vec<String> {
+    let folder = folder.unwrap_or(Path::new("?")).display();
+    let mut out = Vec::new();
     if merged.dropped > 0 {
-        report.warnings.push(format!(
-            "{} output entries were not written back to {}: they would have put more than the output limit ({} bytes) on the host, or were nested deeper than {} folders",
+        out.push(format!(
+            "{} {what} entries were not written back to {folder}: they would have put more than the output limit ({cap} bytes) on the host, or were nested deeper than {} folders",
             merged.dropped,
-            output(),
-            policy.limits.output_cap(),
             output::MAX_DEPTH
         ));
     }
     if merged.escaping_links > 0 {
-        report.warnings.push(format!(
-            "{} symbolic links in the output folder point outside it and were not written back",
+        out.push(format!(
+            "{} symbolic links in the {what} folder point outside it and were not written back",
             merged.escaping_links
         ));
     }
     if merged.failed > 0 {
-        report.warnings.push(format!(
-            "{} output entries could not be written back to {}",
-            merged.failed,
-            output()
+        out.push(format!(
+            "{} {what} entries could not be written back to {folder}",
+            merged.failed
         ));
     }
+    out
 }

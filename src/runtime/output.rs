@@ -146,8 +146,20 @@ impl OutputOverlay {
     /// the limit is left out whole (files land under a temporary name and are renamed
     /// only when complete), and so is anything deeper than [`MAX_DEPTH`].
     pub fn merge(&self) -> Merged {
+        self.merge_to(self.host.as_fd(), false)
+    }
+
+    /// As [`OutputOverlay::merge`], files without execute bits (a kept run's state).
+    pub fn merge_data_only(&self) -> Merged {
+        self.merge_to(self.host.as_fd(), true)
+    }
+
+    /// As [`OutputOverlay::merge`], into another host folder (a kept run's copy of the
+    /// output); `data_only`: files land without execute bits.
+    pub fn merge_to(&self, host: BorrowedFd, data_only: bool) -> Merged {
         let mut run = MergeRun {
             overlay: self,
+            data_only,
             m: Merged::default(),
             links: HashMap::new(),
             tmp: cstr(format!(".pysandbox-merge-{}", std::process::id()).as_bytes())
@@ -160,7 +172,7 @@ impl OutputOverlay {
         let upper = cstr(self.area.join("upper").as_os_str().as_bytes());
         match upper.and_then(|u| sys::fs::open_path_dir(Path::new(OsStr::from_bytes(u.as_bytes()))))
         {
-            Ok(upper) => run.dir(&upper, self.host.as_fd(), 0),
+            Ok(upper) => run.dir(&upper, host, 0),
             Err(_) => run.m.failed += 1,
         }
         if run.m.dropped > 0 {
@@ -173,6 +185,8 @@ impl OutputOverlay {
 /// One merge in progress.
 struct MergeRun<'a> {
     overlay: &'a OutputOverlay,
+    /// Files land without execute bits (kept runs: data, never programs for the host).
+    data_only: bool,
     m: Merged,
     /// Upper-layer inode -> the host file merged for it (for further hard links).
     links: HashMap<u64, fs::File>,
@@ -294,7 +308,7 @@ impl MergeRun<'_> {
                 libc::O_RDONLY | libc::O_NOFOLLOW,
                 0,
             )?);
-            let mode = safe_mode(st.st_mode, false);
+            let mode = safe_mode(st.st_mode, false) & if self.data_only { 0o666 } else { 0o777 };
             let dst = fs::File::from(open_at(
                 host,
                 &self.tmp,

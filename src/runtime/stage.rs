@@ -9,12 +9,17 @@ use super::{Mode, RunCtx, RuntimeError, host, io_err, output};
 use crate::policy::Network;
 use crate::spec::{self, Bind};
 
-/// What staging made: the root file system, the binds for the spec, the output overlay
-/// to merge after the run, and the folder at `/usr/app/src` a pool worker fills at claim.
+/// What staging made: the root file system, the binds for the spec, the writable
+/// overlays to merge after the run (output, `--src-writable`'s source, `--keep`'s /tmp
+/// and HOME), and the folder at `/usr/app/src` a pool worker fills at claim.
 pub(super) struct Staged {
     pub rootfs: PathBuf,
     pub binds: Vec<Bind>,
     pub overlay: Option<output::OutputOverlay>,
+    pub src_overlay: Option<output::OutputOverlay>,
+    /// `--keep`: the kept run's folder, and the overlays of /tmp and HOME to merge into it.
+    pub kept_dir: Option<PathBuf>,
+    pub kept: Vec<output::OutputOverlay>,
     pub warnings: Vec<String>,
     pub claim_dir: Option<PathBuf>,
 }
@@ -43,11 +48,66 @@ pub(super) fn stage(
             writable,
         })
     };
-    if let Some(src) = &inputs.src_dir {
-        let t = bundle.join("src");
+    // Writable host folders (output/, and the source folder with --src-writable): an
+    // overlay over a read-only view, its upper layer a capped tmpfs merged back after.
+    let (upper_owner, new_file_owner) = match mode {
+        Mode::Root {
+            sandbox, caller, ..
+        } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
+        Mode::Rootless => (None, None),
+    };
+    let writable_capped = |host_dir: &Path, name: &str, cap: u64| {
+        let t = bundle.join(name);
         host::mkdir(&t, 0o755)?;
-        warnings.extend(stage.read_only_view(src, &t, true, None)?);
-        bind(t, spec::SRC_DIR, false);
+        let o = output::OutputOverlay::stage(
+            stage,
+            host_dir,
+            &t,
+            &mnt.join(name),
+            cap,
+            upper_owner,
+            new_file_owner,
+        )?;
+        Ok::<_, RuntimeError>((t, o))
+    };
+    let writable =
+        |host_dir: &Path, name: &str| writable_capped(host_dir, name, policy.limits.output_cap());
+    // --keep: /tmp and HOME over the kept run's (empty) folders, merged into them after
+    // the run; --from: over a kept run's folders, never merged. Capped like the tmpfs
+    // they replace (the binds come after those mounts and cover them).
+    let kept_dir = if policy.keep {
+        Some(crate::runs::create(r.id).map_err(|e| super::inputs::input_err(e.to_string()))?)
+    } else {
+        None
+    };
+    let mut kept = Vec::new();
+    if let Some(state) = kept_dir.as_ref().or(policy.from.as_ref()) {
+        let l = &policy.limits;
+        for (name, dest, cap) in [
+            ("tmp", "/tmp", l.tmp_size()),
+            ("home", spec::HOME_DIR, l.home_size()),
+        ] {
+            let (t, o) = writable_capped(&state.join(name), name, cap)?;
+            kept.push(o);
+            bind(t, dest, true);
+        }
+    }
+    let mut src_overlay = None;
+    if let Some(src) = &inputs.src_dir {
+        if policy.src_writable {
+            let (t, o) = writable(src, "src")?;
+            src_overlay = Some(o);
+            warnings.push(format!(
+                "--src-writable: the script can modify its own source folder {}: its changes are written back when it ends",
+                src.display()
+            ));
+            bind(t, spec::SRC_DIR, true);
+        } else {
+            let t = bundle.join("src");
+            host::mkdir(&t, 0o755)?;
+            warnings.extend(stage.read_only_view(src, &t, true, None)?);
+            bind(t, spec::SRC_DIR, false);
+        }
     } else if let Some((name, body)) = &inputs.staged_script {
         let t = bundle.join("script");
         host::mkdir(&t, 0o755)?;
@@ -87,23 +147,8 @@ pub(super) fn stage(
     }
     let mut overlay = None;
     if let Some(out) = &inputs.output {
-        let t = bundle.join("output");
-        host::mkdir(&t, 0o755)?;
-        let (upper_owner, new_file_owner) = match mode {
-            Mode::Root {
-                sandbox, caller, ..
-            } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
-            Mode::Rootless => (None, None),
-        };
-        overlay = Some(output::OutputOverlay::stage(
-            stage,
-            out,
-            &t,
-            &mnt.join("output"),
-            policy.limits.output_cap(),
-            upper_owner,
-            new_file_owner,
-        )?);
+        let (t, o) = writable(out, "output")?;
+        overlay = Some(o);
         bind(t, spec::OUTPUT_DIR, true);
     }
     // Name resolution: the host's resolv.conf with the host's network; with pasta, one
@@ -129,6 +174,9 @@ pub(super) fn stage(
         rootfs,
         binds,
         overlay,
+        src_overlay,
+        kept_dir,
+        kept,
         warnings,
         claim_dir,
     })

@@ -50,6 +50,8 @@ pub struct Supervisor {
     pub input: Input,
     pub to_sandbox: Option<OwnedFd>,
     pub from_stdout: OwnedFd,
+    /// `-i`: the sandbox's terminal, resized on SIGWINCH.
+    pub resize: Option<OwnedFd>,
     pub from_stderr: OwnedFd,
     /// Where the streams go (pass-through or capture), capped.
     pub out_sink: Capped,
@@ -207,6 +209,12 @@ impl Supervisor {
             if ready(i_sig) {
                 while let Ok(Some(info)) = self.signals.read_signal() {
                     let sig = info.ssi_signo as libc::c_int;
+                    if sig == libc::SIGWINCH {
+                        if let Some(m) = &self.resize {
+                            super::terminal::copy_size(m);
+                        }
+                        continue;
+                    }
                     if let Ok(s) = Signal::try_from(sig) {
                         interrupted.get_or_insert(s);
                     }

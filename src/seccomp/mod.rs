@@ -20,6 +20,7 @@ static SANDBOX_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_sa
 static CLONE3_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_clone3_enosys.bpf"));
 static SOCKET_FAMILY_BPF: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_socket_eafnosupport.bpf"));
+static PROXY_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_proxy.bpf"));
 static SYSCALL_NAMES: &[(u32, &str)] = include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
 
 const RET_ERRNO_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
@@ -109,6 +110,12 @@ pub fn install(policy: &Policy) -> io::Result<Option<OwnedFd>> {
     Ok(policy
         .notify
         .then(|| unsafe { OwnedFd::from_raw_fd(r as libc::c_int) }))
+}
+
+/// Installs the `--allow-net` proxy's filter (`proxy` in `seccomp/<arch>.json`) on the
+/// calling process and the threads it starts. Requires `no_new_privs`.
+pub fn install_proxy_filter() -> io::Result<()> {
+    seccomp_filter(&decode(PROXY_BPF), 0).map(|_| ())
 }
 
 /// The name of syscall `nr` on this architecture ("syscall 451" if unknown).

@@ -3,8 +3,10 @@
 //! read kernel state. Each wrapper turns `-1/errno` into `io::Error`; nothing here holds
 //! policy.
 
+mod caps;
 pub mod fs;
 pub mod lock;
+pub use caps::drop_all_capabilities;
 
 use std::ffi::CString;
 use std::io;

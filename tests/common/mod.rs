@@ -192,6 +192,25 @@ pub fn command(who: Who, dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// As [`command`], with environment variables for pysandbox (placed after `env -i` for
+/// the unprivileged modes, whose environment is scrubbed).
+pub fn command_with_env(who: Who, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = command(who, dir, args);
+    if matches!(who, Who::User | Who::UserInUserns) {
+        let mut a: Vec<String> = cmd.get_args().map(|x| x.to_string_lossy().into()).collect();
+        let i = a.iter().position(|x| x == "-i").unwrap();
+        for (k, v) in env {
+            a.insert(i + 1, format!("{k}={v}"));
+        }
+        let prog = cmd.get_program().to_owned();
+        cmd = Command::new(prog);
+        cmd.args(a).current_dir(dir);
+    } else {
+        cmd.envs(env.iter().copied());
+    }
+    cmd
+}
+
 /// Runs pysandbox to completion with `stdin` as input.
 pub fn run_in(who: Who, dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = command(who, dir, args)
@@ -237,6 +256,37 @@ pub fn assert_code(o: &Output, code: i32, what: &str) {
         stdout(o),
         stderr(o)
     );
+}
+
+/// A data folder (XDG_DATA_HOME) of its own under `dir`, owned like `dir`: a private
+/// image store and kept-run store for one test. Returns its path.
+pub fn private_data_home(dir: &Path) -> String {
+    let data = dir.join("xdg");
+    if !data.exists() {
+        std::fs::create_dir(&data).unwrap();
+        let m = std::fs::metadata(dir).unwrap();
+        std::os::unix::fs::chown(&data, Some(m.uid()), Some(m.gid())).unwrap();
+    }
+    data.to_string_lossy().into_owned()
+}
+
+/// The id `run --keep` printed on stderr (`pysandbox: kept as ID ...`).
+pub fn kept_id(o: &Output) -> String {
+    let err = stderr(o);
+    err.split("pysandbox: kept as ")
+        .nth(1)
+        .map(|r| r.chars().take(19).collect())
+        .unwrap_or_else(|| panic!("no kept id in {err}"))
+}
+
+/// Asserts that pysandbox refused bad input: status 125, one line on stderr naming
+/// `expect`, nothing on stdout.
+pub fn assert_refused(o: &Output, what: &str, expect: &str) {
+    assert_code(o, 125, what);
+    let err = stderr(o);
+    assert!(err.contains(expect), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    assert!(o.stdout.is_empty(), "{what}: {}", stdout(o));
 }
 
 /// Pids of every process whose command line contains `marker`.

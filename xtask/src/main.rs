@@ -12,12 +12,15 @@
 //!
 //! `cargo xtask bench --pool [--runs N] [--load N]`: the warm pool and `pysandbox serve`
 //! against the floor (latency, throughput, a bounded load run; see `pool.rs`).
+//! `cargo xtask bench --net [--runs N]` (root) measures download throughput from inside the
+//! sandbox: through the `--allow-net` proxy vs `--network` (see `netbench.rs`).
 //!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
 //! `compat.rs`).
 
 mod compat;
+mod netbench;
 mod pool;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +36,7 @@ fn main() -> Result<()> {
         Some("compat") => compat::compat(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
+                "usage: cargo xtask bench [--phases | --net] [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
             );
             std::process::exit(2);
         }
@@ -108,15 +111,20 @@ impl Case {
 fn bench(args: &[String]) -> Result<()> {
     let phases_only = args.iter().any(|a| a == "--phases");
     let pool_only = args.iter().any(|a| a == "--pool");
+    let net_only = args.iter().any(|a| a == "--net");
     let mut runs = 30;
     let mut load = 0;
-    let mut rest = args.iter().filter(|a| *a != "--phases" && *a != "--pool");
+    let mut rest = args
+        .iter()
+        .filter(|a| *a != "--phases" && *a != "--pool" && *a != "--net");
     while let Some(flag) = rest.next() {
         let n = rest.next().and_then(|n| n.parse().ok());
         match (flag.as_str(), n) {
             ("--runs", Some(n)) => runs = n,
             ("--load", Some(n)) => load = n,
-            _ => bail!("usage: cargo xtask bench [--phases | --pool [--load N]] [--runs N]"),
+            _ => {
+                bail!("usage: cargo xtask bench [--phases | --net | --pool [--load N]] [--runs N]")
+            }
         }
     }
     let root = workspace_root();
@@ -169,6 +177,9 @@ fn bench(args: &[String]) -> Result<()> {
     if pool_only {
         return pool::bench(&pysandbox, &hp, runs, load);
     }
+    if net_only {
+        return netbench::net_bench(&pysandbox, &host_python, &data, runs.min(10));
+    }
     // The unprivileged user's rows run Debian's python3, which its default image holds.
     let hp_user = "/usr/bin/python3".to_string();
     let user_home = tmp.join("home");
@@ -220,6 +231,13 @@ fn bench(args: &[String]) -> Result<()> {
             let mut net = vec![ps.clone(), "run".into(), "--network".into()];
             net.extend(s(&["--code", "pass"]));
             cases.push(Case::new("pysandbox run --network -c pass", net, &data));
+        }
+        // --allow-net adds the proxy (a forked process) and its listening socket.
+        if code.is_none() {
+            let allow = s(&["run", "--allow-net", "127.0.0.1:9", "--code", "pass"]);
+            let mut v = vec![ps.clone()];
+            v.extend(allow);
+            cases.push(Case::new("pysandbox run --allow-net -c pass", v, &data));
         }
         // As root, also the rootless path, as an ordinary user would run it (the setpriv
         // wrapper costs both rows the same).
