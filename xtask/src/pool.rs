@@ -3,7 +3,8 @@
 //! Side by side in one run, as ratios to the bare `python -S -c pass` floor: latency of
 //! one `print(1)` (p50, p99) for the floor, a cold `pysandbox run`, a pooled run through
 //! the library and through `pysandbox serve` over loopback HTTP (each claim made with the
-//! pool full, so it measures a warm claim, not the refill); then throughput at
+//! pool full, so it measures a warm claim, not the refill), and one `x += 1` in a live
+//! session; then throughput at
 //! saturation (runs/s, 4 at a time) for bare python, cold runs and the pool; then a
 //! bounded load run against the server (N requests from 16 clients) with its errors and
 //! the server's peak RSS.
@@ -156,6 +157,19 @@ pub fn bench(pysandbox: &Path, python: &str, runs: usize, load: usize) -> Result
             http_run(&agent, &url)?;
             http.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+        // A live session: one `x += 1` per execute.
+        let mut session = pysandbox::Session::open(&sandbox, Duration::from_secs(3600))?;
+        session.execute("x = 0", Duration::from_secs(10))?;
+        let mut live = Vec::new();
+        for _ in 0..runs.max(20) {
+            let t = Instant::now();
+            let e = session.execute("x += 1", Duration::from_secs(10))?;
+            live.push(t.elapsed().as_secs_f64() * 1000.0);
+            if e.error.is_some() {
+                bail!("session execute went wrong: {e:?}");
+            }
+        }
+        session.close();
         let f50 = pct(&floor, 0.5);
         println!("\nwarm pool (size {size}): latency of one print(1), {runs} runs\n");
         println!("| path | p50 ms | p99 ms | p50 x floor |\n|---|---:|---:|---:|");
@@ -164,6 +178,7 @@ pub fn bench(pysandbox: &Path, python: &str, runs: usize, load: usize) -> Result
             ("pysandbox run --no-fs (cold)", &cold),
             ("Pool::run (library, warm)", &lib),
             ("POST /v1/run (pysandbox serve, warm)", &http),
+            ("Session::execute(\"x += 1\") (live session)", &live),
         ] {
             println!(
                 "| {name} | {:.1} | {:.1} | {:.2} |",
