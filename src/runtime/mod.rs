@@ -419,60 +419,10 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         .map_err(|e| io_err("blocking signals")(e.into()))?;
 
     let user_sysctls = limits::user_sysctls();
-    let mut not_capped =
-        host::enter_namespaces(r.mode, &limits::ipc_sysctls(&policy.limits), &user_sysctls)?;
-    mark("namespaces entered");
-    // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
-    // the caller's folders (when the caller is root), and the image's /opt/conda in an
-    // image build (root-owned, it must be the sandbox's to install into).
-    let map_ns = match r.mode {
-        Mode::Root { sandbox, idmap, .. } if idmap || policy.conda_layer.is_some() => {
-            Some(host::userns_fd(sandbox)?)
-        }
-        _ => None,
-    };
-    let idmap_ns = match r.mode {
-        Mode::Root { idmap: true, .. } => map_ns.as_ref(),
-        _ => None,
-    };
-    host::mount_private_tmpfs(r.mnt)?;
-    mark("idmap userns + tmpfs");
-    let state = r.mnt.join("state");
-    let bundle = r.mnt.join("bundle");
-    host::mkdir(&state, 0o711)?;
-    host::mkdir(&bundle, 0o711)?;
-    let staging = host::Staging {
-        idmap: idmap_ns,
-        base: r.mnt,
-        rootless: !r.mode.is_root(),
-    };
-    let staged = stage::stage(r, &staging, map_ns.as_ref(), warm.is_some())?;
-
+    let (staged, mut not_capped) = enter_and_stage(r, &user_sysctls, warm.is_some())?;
     let (argv, env) = command(r);
-    let spec = spec::build(&SpecInput {
-        rootfs: staged.rootfs.clone(),
-        argv: argv.clone(),
-        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        binds: staged.binds.clone(),
-        host_network: !policy.network.private(),
-        userns: match r.mode {
-            Mode::Root { sandbox, .. } => Some(sandbox),
-            Mode::Rootless => None,
-        },
-        cgroups_path: limits::cgroup_path(r.id),
-        cgroup_limits: r.cgroups.enforces_memory(),
-        limit_swap: matches!(
-            r.cgroups,
-            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
-        ),
-        limit_kernel_tcp: matches!(r.cgroups, CgroupSupport::V1 { .. }),
-        limits: policy.limits.clone(),
-        rlimits: with_pasta_slot(&rlimits, r.pasta.is_some()),
-    })?;
-    mark("staged");
-    spec.save(bundle.join("config.json"))
-        .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
-
+    let (state, bundle) = (r.mnt.join("state"), r.mnt.join("bundle"));
+    write_spec(r, &staged, &argv, &env, &rlimits, &bundle)?;
     mark("spec saved");
     let mut t0 = Instant::now();
     let mut c = create(r, &state, &bundle, &argv, &env)?;
@@ -484,58 +434,18 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         .pidfd
         .try_clone()
         .map_err(io_err("watching the sandbox"))?;
-    // The network, while the init waits for the start signal: the script never runs
-    // unconnected. On failure the sandbox is killed, and pasta (in its pid namespace)
-    // with it.
-    if let Some(pasta) = r.pasta {
-        if let Err(e) = connect(r, pasta, &c.status_r) {
+    let attached = match attach(r, &c) {
+        Ok(a) => a,
+        Err(e) => {
             supervise::kill_and_reap(&guard, c.init_pid);
             return Err(e);
         }
-        mark("network up");
-    }
-    // The --allow-net proxy, on the listening socket the init made in the sandbox's
-    // namespace, while the init waits. Dropping it (any error below) kills it.
-    let proxy = if proxied(policy) {
-        let started = receive_fd(&c.status_r, b"proxy 0\n").and_then(|listener| {
-            let run_as = match r.mode {
-                Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
-                Mode::Rootless => None,
-            };
-            crate::net::proxy::start(listener, &policy.allow_net, run_as)
-                .map_err(crate::Error::from)
-        });
-        match started {
-            Ok(p) => {
-                mark("proxy up");
-                Some(p)
-            }
-            Err(e) => {
-                supervise::kill_and_reap(&guard, c.init_pid);
-                return Err(e);
-            }
-        }
-    } else {
-        None
     };
-    // `-i`: the sandbox's terminal (its master; the init kept no copy), and pysandbox's
-    // own in raw mode until this function returns.
-    let (pty, _raw_mode) = if policy.interactive {
-        let got = receive_fd(&c.status_r, b"pty 0\n").and_then(|master| {
-            let raw =
-                terminal::RawMode::enter().map_err(io_err("putting your terminal in raw mode"))?;
-            Ok((master, raw))
-        });
-        match got {
-            Ok((m, raw)) => (Some(m), Some(raw)),
-            Err(e) => {
-                supervise::kill_and_reap(&guard, c.init_pid);
-                return Err(e);
-            }
-        }
-    } else {
-        (None, None)
-    };
+    let Attached {
+        proxy,
+        pty,
+        raw_mode: _raw_mode,
+    } = attached;
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err("duplicating the terminal"));
     let (to_sandbox, from_stdout, resize) = match &pty {
         Some(m) => (dup(m)?, dup(m)?, Some(dup(m)?)),
@@ -586,35 +496,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         log
     });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
-    let merged = staged
-        .overlay
-        .as_ref()
-        .map(|o| o.merge())
-        .unwrap_or_default();
-    let src_merged = staged
-        .src_overlay
-        .as_ref()
-        .map(|o| o.merge())
-        .unwrap_or_default();
-    // --keep: /tmp, HOME and a copy of the output into the kept run's folders.
-    let mut kept_merged = Vec::new();
-    if let Some(dir) = &staged.kept_dir {
-        kept_merged.extend(
-            staged
-                .kept
-                .iter()
-                .map(output::OutputOverlay::merge_data_only),
-        );
-        if let Some(o) = &staged.overlay {
-            match sys::open_dir_nofollow(&dir.join("output")) {
-                Ok(fd) => kept_merged.push(o.merge_to(fd.as_fd(), true)),
-                Err(_) => kept_merged.push(output::Merged {
-                    failed: 1,
-                    ..Default::default()
-                }),
-            }
-        }
-    }
+    let merges = merge_back(&staged);
     let oom_kills = limits::oom_kills(r.id, r.cgroups);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
@@ -636,7 +518,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         status,
         limits,
         oom_kills > 0,
-        merged.full || src_merged.full,
+        merges.output.full || merges.source.full,
     );
     report.network = net_log;
     mark("reported");
@@ -654,14 +536,51 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
             not_capped,
         ),
         &[
-            ("output", &merged, r.inputs.output.as_deref()),
-            ("source", &src_merged, r.inputs.src_dir.as_deref()),
+            ("output", &merges.output, r.inputs.output.as_deref()),
+            ("source", &merges.source, r.inputs.src_dir.as_deref()),
         ],
     );
     if let Some(dir) = &staged.kept_dir {
-        keep(r, dir, &kept_merged, &mut report);
+        keep(r, dir, &merges.kept, &mut report);
     }
     Ok(report)
+}
+
+/// What the merges back to the host did.
+struct Merges {
+    output: output::Merged,
+    source: output::Merged,
+    /// `--keep`: /tmp, HOME and a copy of the output into the kept run's folders.
+    kept: Vec<output::Merged>,
+}
+
+/// Merges the writable overlays back into their host folders, once the sandbox is dead.
+fn merge_back(staged: &stage::Staged) -> Merges {
+    let merge =
+        |o: &Option<output::OutputOverlay>| o.as_ref().map(|o| o.merge()).unwrap_or_default();
+    let mut kept = Vec::new();
+    if let Some(dir) = &staged.kept_dir {
+        kept.extend(
+            staged
+                .kept
+                .iter()
+                .map(output::OutputOverlay::merge_data_only),
+        );
+        if let Some(o) = &staged.overlay {
+            match sys::open_dir_nofollow(&dir.join("output")) {
+                Ok(fd) => kept.push(o.merge_to(fd.as_fd(), true)),
+                Err(_) => kept.push(output::Merged {
+                    failed: 1,
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+    Merges {
+        output: merge(&staged.overlay),
+        source: merge(&staged.src_overlay),
+        kept,
+    }
 }
 
 /// `--keep`: records the kept run (its state is merged already).
@@ -693,6 +612,121 @@ fn keep(r: &RunCtx, dir: &Path, kept_merged: &[output::Merged], report: &mut Run
             .warnings
             .push(format!("the run could not be kept: {e}"));
     }
+}
+
+/// Enters the run's namespaces (capping their budgets: the returned list names those
+/// that could not be) and stages its file system in the private tmpfs.
+fn enter_and_stage(
+    r: &RunCtx,
+    user_sysctls: &[(&'static str, String)],
+    warm: bool,
+) -> Result<(stage::Staged, Vec<String>), crate::Error> {
+    let policy = r.policy;
+    let not_capped =
+        host::enter_namespaces(r.mode, &limits::ipc_sysctls(&policy.limits), user_sysctls)?;
+    mark("namespaces entered");
+    // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
+    // the caller's folders (when the caller is root), and the image's /opt/conda in an
+    // image build (root-owned, it must be the sandbox's to install into).
+    let map_ns = match r.mode {
+        Mode::Root { sandbox, idmap, .. } if idmap || policy.conda_layer.is_some() => {
+            Some(host::userns_fd(sandbox)?)
+        }
+        _ => None,
+    };
+    let idmap_ns = match r.mode {
+        Mode::Root { idmap: true, .. } => map_ns.as_ref(),
+        _ => None,
+    };
+    host::mount_private_tmpfs(r.mnt)?;
+    mark("idmap userns + tmpfs");
+    host::mkdir(&r.mnt.join("state"), 0o711)?;
+    host::mkdir(&r.mnt.join("bundle"), 0o711)?;
+    let staging = host::Staging {
+        idmap: idmap_ns,
+        base: r.mnt,
+        rootless: !r.mode.is_root(),
+    };
+    let staged = stage::stage(r, &staging, map_ns.as_ref(), warm)?;
+    Ok((staged, not_capped))
+}
+
+/// The OCI spec of the run, written to the bundle.
+fn write_spec(
+    r: &RunCtx,
+    staged: &stage::Staged,
+    argv: &[String],
+    env: &[(String, String)],
+    rlimits: &[spec::Rlimit],
+    bundle: &Path,
+) -> Result<(), crate::Error> {
+    let spec = spec::build(&SpecInput {
+        rootfs: staged.rootfs.clone(),
+        argv: argv.to_vec(),
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        binds: staged.binds.clone(),
+        host_network: !r.policy.network.private(),
+        userns: match r.mode {
+            Mode::Root { sandbox, .. } => Some(sandbox),
+            Mode::Rootless => None,
+        },
+        cgroups_path: limits::cgroup_path(r.id),
+        cgroup_limits: r.cgroups.enforces_memory(),
+        limit_swap: matches!(
+            r.cgroups,
+            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
+        ),
+        limit_kernel_tcp: matches!(r.cgroups, CgroupSupport::V1 { .. }),
+        limits: r.policy.limits.clone(),
+        rlimits: with_pasta_slot(rlimits, r.pasta.is_some()),
+    })?;
+    mark("staged");
+    spec.save(bundle.join("config.json"))
+        .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
+    Ok(())
+}
+
+/// What runs beside the sandbox, attached while its init waits for the start signal (so
+/// the script never runs without it): pasta (`--network`), the egress proxy
+/// (`--allow-net`, on the listening socket the init made in the sandbox's namespace;
+/// dropping it kills it), and `-i`'s terminal (the sandbox's master; the init kept no
+/// copy) with pysandbox's own in raw mode while `raw_mode` lives.
+struct Attached {
+    proxy: Option<crate::net::proxy::Proxy>,
+    pty: Option<OwnedFd>,
+    raw_mode: Option<terminal::RawMode>,
+}
+
+fn attach(r: &RunCtx, c: &Created) -> Result<Attached, crate::Error> {
+    if let Some(pasta) = r.pasta {
+        connect(r, pasta, &c.status_r)?;
+        mark("network up");
+    }
+    let proxy = if proxied(r.policy) {
+        let listener = receive_fd(&c.status_r, b"proxy 0\n")?;
+        let run_as = match r.mode {
+            Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
+            Mode::Rootless => None,
+        };
+        let p = crate::net::proxy::start(listener, &r.policy.allow_net, run_as)?;
+        mark("proxy up");
+        Some(p)
+    } else {
+        None
+    };
+    let (pty, raw_mode) = if r.policy.interactive {
+        let master = receive_fd(&c.status_r, b"pty 0\n")?;
+        let raw =
+            terminal::RawMode::enter().map_err(io_err("putting your terminal in raw mode"))?;
+        (Some(master), Some(raw))
+    } else {
+        (None, None)
+    };
+    Ok(Attached {
+        proxy,
+        pty,
+        raw_mode,
+    })
 }
 
 /// The signals pysandbox blocks and reads from a signalfd while it supervises.
