@@ -190,22 +190,25 @@ fn run_prepared(
     }
     sweep(&locks);
     let id = sys::random_id("ps-").map_err(io_err("generating a run id"))?;
-    let lock = take_lock(&locks, &id)?;
-    let cgroups = if mode.is_root() {
-        CgroupSupport::detect_for_root()
-    } else {
-        CgroupSupport::None
-    };
+    let mut lock = take_lock(&locks, &id)?;
+    let mut cgroups = limits::place(mode.is_root(), &id);
     if policy.strict_limits {
-        limits::check_strict(&policy.limits, cgroups)?;
+        limits::check_strict(&policy.limits, cgroups.support)?;
     }
-    let result = launch(policy, mode, inputs, image, &mnt, &id, cgroups, pasta);
-    let cgroups_left = if mode.is_root() {
-        limits::remove_stale_cgroups(&id)
-    } else {
-        Vec::new()
-    };
-    if cgroups_left.is_empty() {
+    cgroups
+        .create_run(&id, &policy.limits)
+        .map_err(|source| RuntimeError::Host {
+            step: "creating the run's cgroup",
+            source,
+            hint: "check `pysandbox doctor`'s limits line",
+        })?;
+    if let Some(run) = &cgroups.run {
+        // The sweep of a later run finds it here if this pysandbox is killed.
+        use std::io::Write;
+        let _ = lock.write_all(run.path.as_os_str().as_encoded_bytes());
+    }
+    let result = launch(policy, mode, inputs, image, &mnt, &id, &cgroups, pasta);
+    if cgroups.remove(&id).is_empty() {
         let _ = fs::remove_file(locks.join(format!("{id}.lock")));
     }
     drop(lock);
@@ -220,9 +223,10 @@ fn launch(
     image: &ResolvedImage,
     mnt: &Path,
     id: &str,
-    cgroups: CgroupSupport,
+    cg: &limits::Placement,
     pasta: Option<&Path>,
 ) -> Result<RunReport, crate::Error> {
+    let cgroups = cg.support;
     let rlimits = limits::rlimits(&policy.limits, cgroups.enforces_memory());
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
     // Ctrl-C during setup thus still ends in a clean teardown. (The executor unblocks
@@ -232,8 +236,15 @@ fn launch(
         .map_err(|e| io_err("blocking signals")(e.into()))?;
 
     let user_sysctls = limits::user_sysctls();
-    let not_capped =
-        host::enter_namespaces(mode, &limits::ipc_sysctls(&policy.limits), &user_sysctls)?;
+    let not_capped = host::enter_namespaces(
+        mode,
+        &limits::ipc_sysctls(&policy.limits),
+        &user_sysctls,
+        cg.parent
+            .as_ref()
+            .filter(|_| cg.run.is_some())
+            .map(|p| p.dir.as_path()),
+    )?;
     mark("namespaces entered");
     // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
     // the caller's folders (when the caller is root), and the image's /opt/conda in an
@@ -390,12 +401,15 @@ fn launch(
             Mode::Root { sandbox, .. } => Some(sandbox),
             Mode::Rootless => None,
         },
-        cgroups_path: limits::cgroup_path(id),
-        cgroup_limits: cgroups.enforces_memory(),
-        limit_swap: matches!(
-            cgroups,
-            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
-        ),
+        // A cgroup v2 run's cgroup is made and filled already; libcontainer sees its
+        // parent as the whole hierarchy (see host::enter_namespaces) and only moves the
+        // sandbox in.
+        cgroups_path: match &cg.run {
+            Some(_) => PathBuf::from("/").join(id),
+            None => limits::cgroup_path(id),
+        },
+        cgroup_limits: matches!(cgroups, CgroupSupport::V1 { .. }),
+        limit_swap: matches!(cgroups, CgroupSupport::V1 { memsw: true }),
         limit_kernel_tcp: matches!(cgroups, CgroupSupport::V1 { .. }),
         limits: policy.limits.clone(),
         rlimits: with_pasta_slot(&rlimits, pasta.is_some()),
@@ -524,7 +538,7 @@ fn launch(
     mark("supervised");
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merged = overlay.as_ref().map(|o| o.merge()).unwrap_or_default();
-    let oom_kills = limits::oom_kills(id, cgroups);
+    let oom_kills = cg.oom_kills(id);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
     // killing (the kernel then kills the rest of its pid namespace).
@@ -546,12 +560,15 @@ fn launch(
     report.warnings.extend(inputs.warnings.iter().cloned());
     report.warnings.extend(warnings);
     if let Some(cpus) = policy.limits.cpus
-        && !cgroups.enforces_memory()
+        && !cgroups.enforces_cpu()
     {
         report.warnings.push(format!(
-            "--cpus {cpus} is not enforced: no CPU controller is usable here (cgroups need root, or a delegated cgroup v2); --strict-limits refuses to run instead"
+            "--cpus {cpus} is not enforced: no CPU controller is usable here ({}); --strict-limits refuses to run instead. Hint: {}",
+            cg.why_not.as_deref().unwrap_or("the cgroup has no cpu controller"),
+            limits::CPU_HINT
         ));
     }
+    report.warnings.extend(cg.notes.iter().cloned());
     report.warnings.extend(
         not_capped
             .into_iter()
