@@ -105,23 +105,42 @@ fn user_namespaces() -> Check {
     }
     let apparmor =
         read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1");
+    const AA_FIX: &str = "sudo pysandbox setup apparmor (a profile that allows `userns,` for this binary), or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0";
+    let profiled = match crate::apparmor::loaded() {
+        Some(true) => " (a `pysandbox` profile is loaded)",
+        _ => "",
+    };
     match try_userns() {
+        Ok(()) if apparmor && sys::euid() != 0 && !profiled.is_empty() => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "available: AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1){profiled}"
+            ),
+            None,
+        ),
         Ok(()) if apparmor && sys::euid() != 0 => check(
             NAME,
             Level::Warn,
-            "available, but AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)",
-            Some(
-                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give pysandbox an AppArmor profile with `userns,`",
+            "created, but AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1): without a profile the sandbox's mounts are refused",
+            Some(AA_FIX),
+        ),
+        Ok(()) if apparmor => check(
+            NAME,
+            Level::Warn,
+            format!(
+                "available to root; AppArmor restricts them for ordinary users (kernel.apparmor_restrict_unprivileged_userns = 1){profiled}"
             ),
+            (profiled.is_empty()).then_some(AA_FIX),
         ),
         Ok(()) => check(NAME, Level::Ok, "available", None),
         Err(e) if apparmor => check(
             NAME,
             Level::Fail,
-            format!("{e}: AppArmor restricts unprivileged user namespaces"),
-            Some(
-                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give pysandbox an AppArmor profile with `userns,`",
+            format!(
+                "{e}: AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)"
             ),
+            Some(AA_FIX),
         ),
         Err(e) => check(
             NAME,
