@@ -213,15 +213,16 @@ pub fn prepare(parent: &Parent) -> io::Result<()> {
 /// repeat until none is left).
 fn move_into_leaf(dir: &Path) -> io::Result<()> {
     let leaf = dir.join(LEAF);
-    match fs::create_dir(&leaf) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
     for _ in 0..100 {
         let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
         if procs.trim().is_empty() {
             return Ok(());
+        }
+        // Only when there is something to move: an empty parent stays removable.
+        match fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
         for pid in procs.lines().map(str::trim).filter(|p| !p.is_empty()) {
             match sys::write_existing(&leaf.join("cgroup.procs"), pid.as_bytes()) {
@@ -285,6 +286,8 @@ pub fn transient_scope(id: &str, root: bool) -> Result<Parent, String> {
     cmd.args([
         "call",
         "--quiet",
+        // A bus that does not answer must not hang the run.
+        "--timeout=10",
         "org.freedesktop.systemd1",
         "/org/freedesktop/systemd1",
         "org.freedesktop.systemd1.Manager",
@@ -308,7 +311,8 @@ pub fn transient_scope(id: &str, root: bool) -> Result<Parent, String> {
     if root {
         props.extend(["Slice", "s", SLICE]);
     }
-    let count = (props.len() / 3 - 1).to_string();
+    // Every property is name, signature, value; PIDs' array value is a count and a pid.
+    let count = ((props.len() - 1) / 3).to_string();
     cmd.arg(&count).args(&props).arg("0");
     let out = cmd
         .stdin(Stdio::null())
