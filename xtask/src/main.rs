@@ -10,11 +10,15 @@
 //! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
 //! root and as uid 65534.
 //!
+//! `cargo xtask vm [--kernel 6.1|6.12]... [--mode systemd|plain]...` boots Debian's
+//! kernels under qemu and runs the host-matrix suite in them (see `vm.rs`).
+//!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
 //! `compat.rs`).
 
 mod compat;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,9 +31,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("compat") => compat::compat(&args[1..]),
+        Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
+                "usage: cargo xtask bench [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN] | cargo xtask vm [--kernel K]... [--mode M]..."
             );
             std::process::exit(2);
         }
