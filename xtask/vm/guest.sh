@@ -121,9 +121,10 @@ systemd_boot() {
   # Units that make no sense here (the host's services, gettys whose vhangup breaks
   # the serial console, timers, time sync).
   for u in console-getty.service serial-getty@ttyS0.service getty@tty1.service \
-    systemd-timesyncd.service postgresql.service docker-registry.service \
+    systemd-timesyncd.service postgresql.service docker-registry.service apparmor.service \
     apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
-    fstrim.timer logrotate.timer systemd-tmpfiles-clean.timer; do
+    fstrim.timer logrotate.timer systemd-tmpfiles-clean.timer systemd-pstore.service \
+    e2scrub_reap.service; do
     ln -sf /dev/null $U/$u
   done
   cat >$U/pysandbox-matrix.target <<EOF
