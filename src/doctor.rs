@@ -236,6 +236,7 @@ fn cgroup_v2(real_root: bool) -> Check {
         euid: sys::euid(),
         real_root,
         systemd,
+        ask_systemd: true,
     };
     let ctl = |dir: &Path| cgroup2::controllers(dir).join(" ");
     match cgroup2::find_delegated(&view) {

@@ -107,6 +107,9 @@ pub struct View<'a> {
     /// Real root (in the initial user namespace), who may write any cgroup.
     pub real_root: bool,
     pub systemd: bool,
+    /// Whether to ask systemd (busctl) about a unit it did not mark: the user manager of
+    /// systemd 252 (Debian 12) sets no `user.delegate`.
+    pub ask_systemd: bool,
 }
 
 impl View<'_> {
@@ -140,7 +143,13 @@ pub fn find_delegated(v: &View) -> Result<Parent, String> {
     use std::os::unix::fs::MetadataExt;
     let marked = ["trusted.delegate", "user.delegate"]
         .iter()
-        .any(|x| sys::getxattr(&dir, x).as_deref() == Some(b"1"));
+        .any(|x| sys::getxattr(&dir, x).as_deref() == Some(b"1"))
+        || (v.systemd
+            && v.ask_systemd
+            && own
+                .rsplit('/')
+                .next()
+                .is_some_and(|unit| unit_delegates(unit, v.real_root)));
     if v.real_root {
         if !marked {
             return Err(format!(
@@ -178,6 +187,59 @@ pub fn find_delegated(v: &View) -> Result<Parent, String> {
         dir,
         origin: Origin::Own,
     })
+}
+
+/// Whether systemd unit `unit` (a service or scope) has `Delegate=yes`, asked over
+/// D-Bus: the system manager for root, the caller's user manager otherwise.
+fn unit_delegates(unit: &str, root: bool) -> bool {
+    let iface = match unit.rsplit_once('.') {
+        Some((_, "service")) => "org.freedesktop.systemd1.Service",
+        Some((_, "scope")) => "org.freedesktop.systemd1.Scope",
+        _ => return false,
+    };
+    let out = busctl(root)
+        .args(["get-property", "org.freedesktop.systemd1"])
+        .arg(format!(
+            "/org/freedesktop/systemd1/unit/{}",
+            bus_escape(unit)
+        ))
+        .args([iface, "Delegate"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    matches!(out, Ok(o) if o.status.success() && o.stdout.trim_ascii() == b"b true")
+}
+
+/// A unit name as a D-Bus object path element (systemd's escaping: every byte that is
+/// not an ASCII letter or digit, and a leading digit, as `_xx`).
+fn bus_escape(name: &str) -> String {
+    let mut out = String::new();
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+/// `busctl` on the system bus (root) or the caller's user bus, with a timeout.
+fn busctl(root: bool) -> Command {
+    let mut cmd = Command::new("busctl");
+    if !root {
+        cmd.arg("--user");
+        // busctl finds the user bus through XDG_RUNTIME_DIR, which `su`, `sudo -u` or
+        // setpriv may not have set.
+        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+            && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        {
+            cmd.env("XDG_RUNTIME_DIR", format!("/run/user/{}", sys::euid()));
+        }
+    }
+    // A bus that does not answer must not hang the run.
+    cmd.arg("--timeout=10");
+    cmd
 }
 
 /// The controllers pysandbox enables for its runs' cgroups.
@@ -272,22 +334,10 @@ pub fn shared_parent() -> io::Result<Parent> {
 pub fn transient_scope(id: &str, root: bool) -> Result<Parent, String> {
     let unit = format!("pysandbox-{id}.scope");
     let pid = std::process::id().to_string();
-    let mut cmd = Command::new("busctl");
-    if !root {
-        cmd.arg("--user");
-        // busctl finds the user bus through XDG_RUNTIME_DIR, which `su`, `sudo -u` or
-        // setpriv may not have set.
-        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
-            && std::env::var_os("XDG_RUNTIME_DIR").is_none()
-        {
-            cmd.env("XDG_RUNTIME_DIR", format!("/run/user/{}", sys::euid()));
-        }
-    }
+    let mut cmd = busctl(root);
     cmd.args([
         "call",
         "--quiet",
-        // A bus that does not answer must not hang the run.
-        "--timeout=10",
         "org.freedesktop.systemd1",
         "/org/freedesktop/systemd1",
         "org.freedesktop.systemd1.Manager",
@@ -556,6 +606,7 @@ mod tests {
             euid,
             real_root: false,
             systemd,
+            ask_systemd: false,
         }
     }
 
@@ -613,6 +664,13 @@ mod tests {
         }
         // The root of the hierarchy is never a delegation.
         assert!(find_delegated(&view(t.path(), "/", me, false)).is_err());
+    }
+
+    #[test]
+    fn unit_names_are_escaped_as_systemd_does() {
+        assert_eq!(bus_escape("run-u12.service"), "run_2du12_2eservice");
+        assert_eq!(bus_escape("user@1000.service"), "user_401000_2eservice");
+        assert_eq!(bus_escape("0x.scope"), "_30x_2escope");
     }
 
     #[test]

@@ -246,6 +246,7 @@ pub fn place(real_root: bool, id: &str) -> Placement {
         euid: crate::sys::euid(),
         real_root,
         systemd,
+        ask_systemd: true,
     };
     let v2 = |p: cgroup2::Parent| Placement {
         support: CgroupSupport::V2 { cpu: p.cpu },
