@@ -59,11 +59,12 @@ seed_cache() {
   fi
 }
 
-# suite WHO EXPECT [--quick] -- COMMAND PREFIX...: runs the suite through the prefix.
+# suite WHO EXPECT "[--quick] [--own]" -- COMMAND PREFIX...: runs the suite through the
+# prefix (--own: runs must go under the identity's own delegated cgroup).
 suite() {
   local who=$1 expect=$2 quick=$3
   # psb.quick=1 (cargo xtask vm --quick): the subset for every identity.
-  [ "$(arg quick)" = 1 ] && quick=--quick
+  [ "$(arg quick)" = 1 ] && quick="--quick $quick"
   shift 4
   local out=/tmp/result-$who.json
   say "identity $who (expects $expect)"
@@ -108,11 +109,11 @@ plain_matrix() {
   seed_cache plain
   # In the delegated cgroup, as the user (the suite's own processes live there too:
   # pysandbox moves them into a leaf to enable controllers).
-  suite user_delegated cgroup_v2 "" -- sh -c "echo \$\$ > $D/cgroup.procs && exec \"\$@\"" sh $(as_user $DUID)
+  suite user_delegated cgroup_v2 --own -- sh -c "echo \$\$ > $D/cgroup.procs && exec \"\$@\"" sh $(as_user $DUID)
   suite user_plain rlimit "" -- $(as_user $PUID)
   # The first delegated run left the controllers enabled in $D: its processes live in
   # the leaf from now on.
-  suite userns_delegated cgroup_v2 --quick -- sh -c "echo \$\$ > $D/pysandbox-leaf/cgroup.procs && exec \"\$@\"" sh $(as_user $DUID) unshare -Ur
+  suite userns_delegated cgroup_v2 "--quick --own" -- sh -c "echo \$\$ > $D/pysandbox-leaf/cgroup.procs && exec \"\$@\"" sh $(as_user $DUID) unshare -Ur
   finish
 }
 
@@ -161,18 +162,18 @@ systemd_matrix() {
   # Root in a service without delegation: pysandbox asks for a scope in pysandbox.slice.
   suite root cgroup_v2 "" --
   # Root in a unit with Delegate=yes: the unit's own subtree.
-  suite root_delegated cgroup_v2 --quick -- systemd-run --wait --pipe --quiet -p Delegate=yes \
+  suite root_delegated cgroup_v2 "--quick --own" -- systemd-run --wait --pipe --quiet -p Delegate=yes \
     -E HOME=$HOME
   seed_cache tester
   seed_cache plain
   # A login session (root-owned session scope): a scope from the user manager per run.
   suite user_session cgroup_v2 "" -- /opt/psb/login-tester
   # A delegated user unit.
-  suite user_delegated cgroup_v2 --quick -- /opt/psb/login-tester \
+  suite user_delegated cgroup_v2 "--quick --own" -- /opt/psb/login-tester \
     systemd-run --user --wait --pipe --quiet -p Delegate=yes
   # No session, no user manager: rlimits, and a warning for --cpus.
   suite user_plain rlimit "" -- $(as_user $PUID)
-  suite userns_delegated cgroup_v2 --quick -- /opt/psb/login-tester \
+  suite userns_delegated cgroup_v2 "--quick --own" -- /opt/psb/login-tester \
     systemd-run --user --wait --pipe --quiet -p Delegate=yes unshare -Ur
   finish
 }

@@ -80,6 +80,9 @@ def main():
     a = sys.argv[1:]
     opt = lambda k: a[a.index(k) + 1]
     who, expect, out, quick = opt("--who"), opt("--expect"), opt("--out"), "--quick" in a
+    # --own: this identity's cgroup is delegated to it, and runs go under it (pysandbox
+    # moves this process into the leaf), not into a systemd scope per run.
+    own = "--own" in a
     s = Suite(who, expect)
     cg = expect == "cgroup_v2"
 
@@ -100,6 +103,14 @@ def main():
             assert cpus == "none" and warned, f"cpus {cpus}, warnings {r['warnings']}"
             assert b"--cpus" in p.stderr, p.stderr.decode()
         return f"memory={mem} pids={pids} cpus={cpus} warnings={r['warnings']}"
+
+    if own:
+
+        @s.check("own_delegated_cgroup")
+        def _():
+            cg_now = open("/proc/self/cgroup").read().strip()
+            assert cg_now.endswith("/pysandbox-leaf"), f"the suite is in {cg_now}"
+            return cg_now
 
     @s.check("oom")
     def _():
@@ -282,8 +293,16 @@ def main():
         slice_ = os.path.isdir("/sys/fs/cgroup/pysandbox.slice")
         return "no run cgroup, scope or shared parent left" + ("; pysandbox.slice present" if slice_ else "")
 
+    own_dir = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().strip()[3:]
+    xattrs = {}
+    for parent in [own_dir, os.path.dirname(own_dir)]:
+        try:
+            xattrs[parent] = {k: os.getxattr(parent, k).decode() for k in os.listxattr(parent)}
+        except OSError as e:
+            xattrs[parent] = str(e)
     res = {
         "who": who,
+        "xattrs": xattrs,
         "expect": expect,
         "uid": os.getuid(),
         "cgroup": open("/proc/self/cgroup").read().strip(),
