@@ -16,6 +16,7 @@ DUID=2000 # an ordinary user with a delegated cgroup
 PUID=2001 # an ordinary user without one
 
 common_setup() {
+  : >$R/booted # stage 2 reached (the host boots again a guest that never gets here)
   mount -t tmpfs -o mode=1777,size=1G tmpfs /tmp
   mkdir -p /scratch
   mount -t ext4 /dev/vda /scratch || say "no scratch disk"
@@ -39,16 +40,14 @@ EOS
   # Homes are on ext4: as root pysandbox id-maps the caller's folders, and 9p and
   # overlayfs (before 6.3) cannot be id-mapped.
   export HOME=/scratch/home/root
-  mkdir -p $HOME/.cache/pysandbox/images
-  chmod 700 $HOME/.cache $HOME/.cache/pysandbox
-  # The default image the host built for the guest's PATH (same interpreter: the guest
-  # runs the host's file system); the guest builds its own without it.
-  local seed="$(arg cache)/seed-home/.cache/pysandbox/images/default"
-  if [ -d "$seed" ]; then cp -a "$seed" $HOME/.cache/pysandbox/images/; fi
+  mkdir -p $HOME
+  # root's first run builds the default image (a minute under TCG: a copy of the host's
+  # would not do, its file stamps hold inode numbers, which 9p remaps); seed_cache then
+  # gives the users copies.
 }
 
-# The default image, built once as root, copied into a user's cache (the first build
-# under TCG takes up to a minute and a half).
+# The default image, built once per boot by root's first run, copied into a user's
+# cache (each build takes about a minute under TCG).
 seed_cache() {
   local u=$1 home=/scratch/home/$1
   if [ -d /scratch/home/root/.cache/pysandbox/images/default ]; then
