@@ -10,7 +10,7 @@
 //! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
 //! root and as uid 65534.
 //!
-//! `cargo xtask vm [--kernel 6.1|6.12]... [--mode systemd|plain]...` boots Debian's
+//! `cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]...` boots Debian's
 //! kernels under qemu and runs the host-matrix suite in them (see `vm.rs`).
 //!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare

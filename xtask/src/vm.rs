@@ -8,7 +8,7 @@
 //! a second 9p share, read here after qemu exits. The summary goes to
 //! `<cache>/results/matrix.json` and the exit status says whether every check passed.
 //!
-//! usage: cargo xtask vm [--kernel 6.1|6.12]... [--mode systemd|plain]... [--quick]
+//! usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick]
 //!        [--pysandbox BIN] [--timeout SECS]
 //!
 //! `--quick` runs the subset that differs by identity (mechanisms, OOM, leftovers) for
@@ -29,15 +29,52 @@ use anyhow::{Context, Result, bail};
 use crate::{sh, workspace_root};
 
 /// The kernels of the matrix: (short name, Debian metapackage whose dependency is the
-/// current image of that series: bookworm's 6.1, bookworm-security's 6.12).
-const KERNELS: &[(&str, &str)] = &[
-    ("6.1", "linux-image-amd64"),
-    ("6.12", "linux-image-6.12-amd64"),
+/// current image of that series: bookworm's 6.1, bookworm-security's 6.12; the suite
+/// of a private apt state when the host's sources do not have it).
+/// 5.10 is below pysandbox's minimum: its boot checks that `run` and `doctor` refuse it
+/// at once.
+const KERNELS: &[(&str, &str, Option<&str>)] = &[
+    ("6.1", "linux-image-amd64", None),
+    ("6.12", "linux-image-6.12-amd64", None),
+    ("5.10", "linux-image-amd64", Some("bullseye")),
 ];
 
+/// apt options for a private state of Debian `suite` under the cache (the host's sources
+/// and package lists stay untouched); updated once.
+fn private_apt(cache: &Path, suite: Option<&str>) -> Result<Vec<String>> {
+    let Some(suite) = suite else {
+        return Ok(Vec::new());
+    };
+    let dir = cache.join("apt").join(suite);
+    fs::create_dir_all(dir.join("lists/partial"))?;
+    fs::create_dir_all(dir.join("archives/partial"))?;
+    fs::write(
+        dir.join("sources.list"),
+        format!("deb http://deb.debian.org/debian {suite} main\n"),
+    )?;
+    let d = dir.display();
+    let opts: Vec<String> = [
+        format!("Dir::Etc::SourceList={d}/sources.list"),
+        "Dir::Etc::SourceParts=/dev/null".into(),
+        format!("Dir::State::Lists={d}/lists"),
+        format!("Dir::Cache={d}"),
+        format!("Dir::Cache::archives={d}/archives"),
+        "Dir::State::status=/dev/null".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    if fs::read_dir(dir.join("lists"))?.count() <= 1 {
+        sh(Command::new("apt-get").args(&opts).args(["-q", "update"]))?;
+    }
+    Ok(opts)
+}
+
 /// The kernel image package a metapackage currently depends on.
-fn resolve(meta: &str) -> Result<String> {
-    let deps = sh(Command::new("apt-cache").args(["depends", "--no-recommends", meta]))?;
+fn resolve(meta: &str, apt: &[String]) -> Result<String> {
+    let deps = sh(Command::new("apt-cache")
+        .args(apt)
+        .args(["depends", "--no-recommends", meta]))?;
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .map(str::trim)
@@ -83,19 +120,19 @@ pub fn vm(args: &[String]) -> Result<()> {
             "--timeout" => o.timeout = Duration::from_secs(val()?.parse()?),
             "--quick" => o.quick = true,
             _ => bail!(
-                "usage: cargo xtask vm [--kernel 6.1|6.12]... [--mode systemd|plain]... [--quick] [--pysandbox BIN] [--timeout SECS]"
+                "usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--pysandbox BIN] [--timeout SECS]"
             ),
         }
     }
     if o.kernels.is_empty() {
-        o.kernels = KERNELS.iter().map(|k| k.0.to_string()).collect();
+        o.kernels = vec!["6.1".into(), "6.12".into()];
     }
     if o.modes.is_empty() {
         o.modes = vec!["systemd".into(), "plain".into()];
     }
     for k in &o.kernels {
         if !KERNELS.iter().any(|x| x.0 == k) {
-            bail!("unknown kernel {k}: the matrix has 6.1 and 6.12");
+            bail!("unknown kernel {k}: the matrix has 6.1, 6.12 and 5.10");
         }
     }
     for m in &o.modes {
@@ -114,6 +151,9 @@ pub fn vm(args: &[String]) -> Result<()> {
     for k in &o.kernels {
         let (ver, vmlinuz, initrd) = kernel(&cache, k)?;
         for m in &o.modes {
+            if k == "5.10" && m != "plain" {
+                continue; // only that it is refused, without systemd
+            }
             let t = Instant::now();
             let boot = match boot(&cache, &ver, &vmlinuz, &initrd, m, &o)? {
                 Some(b) => b,
@@ -174,7 +214,9 @@ pub fn vm(args: &[String]) -> Result<()> {
 /// Downloads (once) and unpacks a kernel; builds its initramfs. Returns (release,
 /// vmlinuz, initrd).
 fn kernel(cache: &Path, short: &str) -> Result<(String, PathBuf, PathBuf)> {
-    let pkg = resolve(KERNELS.iter().find(|k| k.0 == short).unwrap().1)?;
+    let (_, meta, suite) = KERNELS.iter().find(|k| k.0 == short).unwrap();
+    let apt = private_apt(cache, *suite)?;
+    let pkg = resolve(meta, &apt)?;
     let pkg = pkg.as_str();
     let ver = pkg.trim_start_matches("linux-image-").to_string();
     let root = cache.join("k").join(&ver);
@@ -183,6 +225,7 @@ fn kernel(cache: &Path, short: &str) -> Result<(String, PathBuf, PathBuf)> {
         let debs = cache.join("debs");
         fs::create_dir_all(&debs)?;
         sh(Command::new("apt-get")
+            .args(&apt)
             .args(["download", pkg])
             .current_dir(&debs))?;
         let deb = fs::read_dir(&debs)?
@@ -332,6 +375,9 @@ fn boot(
     );
     if o.quick {
         append.push_str(" psb.quick=1");
+    }
+    if ver.starts_with("5.10") {
+        append.push_str(" psb.old=1");
     }
     if mode == "systemd" {
         append.push_str(" systemd.unit=pysandbox-matrix.target systemd.show_status=0");

@@ -85,6 +85,9 @@ def main():
     own = "--own" in a
     s = Suite(who, expect)
     cg = expect == "cgroup_v2"
+    if expect == "refused":
+        old_kernel(s)
+        return finish(s, who, expect, out)
 
     @s.check("mechanisms")
     def _():
@@ -293,6 +296,37 @@ def main():
         slice_ = os.path.isdir("/sys/fs/cgroup/pysandbox.slice")
         return "no run cgroup, scope or shared parent left" + ("; pysandbox.slice present" if slice_ else "")
 
+    finish(s, who, expect, out)
+
+
+def old_kernel(s):
+    """A kernel below the minimum: `run` and `doctor` refuse it in one line, at once,
+    before any image work."""
+
+    @s.check("run_refuses_old_kernel")
+    def _():
+        t = time.monotonic()
+        p = run(code="print(1)")
+        secs = time.monotonic() - t
+        err = p.stderr.decode().strip()
+        assert p.returncode == 125, f"exit {p.returncode}: {err}"
+        assert len(err.splitlines()) == 1 and "older than 5.12" in err, err
+        images = os.path.join(os.environ.get("HOME", "/"), ".cache/pysandbox/images/default")
+        assert not os.path.exists(images), f"an image was built first: {images}"
+        assert secs < 10, f"{secs:.1f} s"
+        return f"{secs:.2f} s: {err}"
+
+    @s.check("doctor_refuses_old_kernel")
+    def _():
+        p = sh([BIN, "doctor"])
+        text = p.stdout.decode().strip()
+        lines = [l for l in text.splitlines() if not l.strip().startswith("fix:")]
+        assert p.returncode == 1, text
+        assert len(lines) == 1 and lines[0].startswith("FAIL kernel"), text
+        return text.replace("\n", " | ")
+
+
+def finish(s, who, expect, out):
     own_dir = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().strip()[3:]
     xattrs = {}
     for parent in [own_dir, os.path.dirname(own_dir)]:
