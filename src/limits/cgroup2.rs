@@ -141,17 +141,20 @@ pub fn find_delegated(v: &View) -> Result<Parent, String> {
         .collect();
     let meta = fs::metadata(&dir).map_err(|e| format!("{display}: {e}"))?;
     use std::os::unix::fs::MetadataExt;
-    let marked = ["trusted.delegate", "user.delegate"]
-        .iter()
-        .any(|x| sys::getxattr(&dir, x).as_deref() == Some(b"1"))
-        || (v.systemd
-            && v.ask_systemd
-            && own
-                .rsplit('/')
-                .next()
-                .is_some_and(|unit| unit_delegates(unit, v.real_root)));
+    // Asked only once the cheaper checks passed (the D-Bus question costs a process).
+    let marked = || {
+        ["trusted.delegate", "user.delegate"]
+            .iter()
+            .any(|x| sys::getxattr(&dir, x).as_deref() == Some(b"1"))
+            || (v.systemd
+                && v.ask_systemd
+                && own
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|unit| unit_delegates(unit, v.real_root)))
+    };
     if v.real_root {
-        if !marked {
+        if !marked() {
             return Err(format!(
                 "{display} is not delegated (systemd marks a unit with Delegate=yes)"
             ));
@@ -164,7 +167,7 @@ pub fn find_delegated(v: &View) -> Result<Parent, String> {
                 v.euid
             ));
         }
-        if v.systemd && !marked {
+        if v.systemd && !marked() {
             return Err(format!(
                 "{display} is yours but systemd did not delegate it (no Delegate=yes)"
             ));

@@ -16,7 +16,8 @@ use crate::policy::Limits;
 use crate::report::{self, Limit, Mechanism};
 use crate::spec::Rlimit;
 
-/// The parent of every cgroup pysandbox creates (`/pysandbox/<id>`).
+/// The parent of a cgroup v1 run's cgroups (`/pysandbox/<id>` in each controller; on
+/// cgroup v2 see `cgroup2`).
 pub const CGROUP_PARENT: &str = "pysandbox";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

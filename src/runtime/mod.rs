@@ -195,6 +195,12 @@ fn run_prepared(
     if policy.strict_limits {
         limits::check_strict(&policy.limits, cgroups.support)?;
     }
+    if let Some(parent) = &cgroups.parent {
+        // Recorded before it exists: the sweep of a later run finds it here if this
+        // pysandbox is killed at any point after.
+        use std::io::Write;
+        let _ = lock.write_all(parent.dir.join(&id).as_os_str().as_encoded_bytes());
+    }
     cgroups
         .create_run(&id, &policy.limits)
         .map_err(|source| RuntimeError::Host {
@@ -202,11 +208,6 @@ fn run_prepared(
             source,
             hint: "check `pysandbox doctor`'s limits line",
         })?;
-    if let Some(run) = &cgroups.run {
-        // The sweep of a later run finds it here if this pysandbox is killed.
-        use std::io::Write;
-        let _ = lock.write_all(run.path.as_os_str().as_encoded_bytes());
-    }
     let result = launch(policy, mode, inputs, image, &mnt, &id, &cgroups, pasta);
     if cgroups.remove(&id).is_empty() {
         let _ = fs::remove_file(locks.join(format!("{id}.lock")));
