@@ -183,6 +183,7 @@ pub fn vm(args: &[String]) -> Result<()> {
                     );
                 }
             }
+            print_cold_starts(&boot.results, k, m);
             if !boot.done {
                 failed += 1;
                 println!(
@@ -209,6 +210,40 @@ pub fn vm(args: &[String]) -> Result<()> {
         bail!("{failed} host-matrix checks failed");
     }
     Ok(())
+}
+
+/// Each identity's median cold start (`cold_start` check) as a ratio to the identity
+/// without cgroups in the same boot: what creating the run's cgroup, moving the sandbox
+/// into it (and on systemd a scope per run) cost. Timing inside TCG is only good for
+/// ratios within one boot.
+fn print_cold_starts(results: &[serde_json::Value], k: &str, m: &str) {
+    let median = |r: &serde_json::Value| -> Option<f64> {
+        let c = r["checks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "cold_start")?;
+        c["detail"]
+            .as_str()?
+            .strip_prefix("median_ms=")?
+            .parse()
+            .ok()
+    };
+    let Some(base) = results
+        .iter()
+        .find(|r| r["who"] == "user_plain")
+        .and_then(median)
+    else {
+        return;
+    };
+    for r in results {
+        if let Some(ms) = median(r) {
+            println!(
+                "TIME {k:>4} {m:<7} {:<17} cold start {ms:.0} ms = {:.2} x user_plain (no cgroup)",
+                r["who"].as_str().unwrap_or("?"),
+                ms / base
+            );
+        }
+    }
 }
 
 /// Downloads (once) and unpacks a kernel; builds its initramfs. Returns (release,

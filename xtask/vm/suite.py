@@ -240,6 +240,19 @@ def main():
                 p.kill()
                 p.wait()
 
+        @s.check("cold_start")
+        def _():
+            # The median of 5 runs; xtask vm prints it as a ratio to the identity without
+            # cgroups in the same boot (what the cgroup, and a systemd scope, cost).
+            walls = []
+            for _ in range(5):
+                t = time.monotonic()
+                p = run(code="pass")
+                walls.append(time.monotonic() - t)
+                assert p.returncode == 0, p.stderr.decode()
+            walls.sort()
+            return f"median_ms={walls[2] * 1000:.0f}"
+
         @s.check("sigkill_leftovers")
         def _():
             marker = f"sleeper-{os.getpid()}"
