@@ -305,8 +305,20 @@ fn move_into_leaf(dir: &Path) -> io::Result<()> {
 }
 
 /// Root's shared parent on a host without systemd: `/pysandbox`, with the controllers
-/// enabled on the way down.
+/// enabled on the way down. Another run that finds it empty may remove it meanwhile:
+/// then it is made again.
 pub fn shared_parent() -> io::Result<Parent> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for _ in 0..10 {
+        match shared_parent_once() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = e,
+            r => return r,
+        }
+    }
+    Err(last)
+}
+
+fn shared_parent_once() -> io::Result<Parent> {
     let root = Path::new(ROOT);
     let ctl = controllers(root);
     let cpu = ctl.iter().any(|c| c == "cpu");

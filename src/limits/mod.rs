@@ -190,10 +190,29 @@ impl Placement {
 
     /// Makes the run's cgroup under the cgroup v2 parent, with its limits.
     pub fn create_run(&mut self, id: &str, l: &Limits) -> std::io::Result<()> {
-        if let Some(p) = &self.parent {
-            self.run = Some(cgroup2::RunCgroup::create(p, id, l)?);
+        for _ in 0..10 {
+            let Some(p) = &self.parent else {
+                return Ok(());
+            };
+            match cgroup2::RunCgroup::create(p, id, l) {
+                Ok(run) => {
+                    self.run = Some(run);
+                    return Ok(());
+                }
+                // Root's shared parent, removed by a run that found it empty between our
+                // making it and our mkdir in it: make it again.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && p.origin == cgroup2::Origin::Shared =>
+                {
+                    self.parent = Some(cgroup2::shared_parent()?);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Err(std::io::Error::other(
+            "the shared parent cgroup kept disappearing",
+        ))
     }
 
     /// OOM kills in the run's cgroup.
