@@ -240,6 +240,23 @@ def main():
                 p.kill()
                 p.wait()
 
+        @s.check("parallel_runs")
+        def _():
+            # Runs that make, fill and remove cgroups side by side (root's shared parent
+            # is removed by whichever run leaves it empty).
+            procs = [subprocess.Popen([BIN, "run", "--json", "--no-fs", "--code", "print(7)"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     for _ in range(6)]
+            outs = [p.communicate(timeout=300) for p in procs]
+            mechs = []
+            for p, (o, e) in zip(procs, outs):
+                assert p.returncode == 0, e.decode()[-300:]
+                r = json.loads(o)
+                assert r["stdout"]["text"] == "7\n", r
+                mechs.append(r["limits"]["memory_bytes"]["mechanism"])
+            assert all(m == expect for m in mechs), mechs
+            return f"6 parallel runs: {mechs[0]}"
+
         @s.check("cold_start")
         def _():
             # The median of 5 runs; xtask vm prints it as a ratio to the identity without
