@@ -8,11 +8,13 @@
 //! a second 9p share, read here after qemu exits. The summary goes to
 //! `<cache>/results/matrix.json` and the exit status says whether every check passed.
 //!
-//! usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick]
+//! usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--timing]
 //!        [--pysandbox BIN] [--timeout SECS]
 //!
 //! `--quick` runs the subset that differs by identity (mechanisms, OOM, leftovers) for
 //! every identity; without it, root and the main user identities run the whole suite.
+//! `--timing` adds each full identity's median cold start, printed as a ratio to the
+//! identity without cgroups in the same boot.
 //!
 //! Needs (Debian): qemu-system-x86 (from bookworm-backports next to qemu-utils 10),
 //! busybox-static, kmod, e2fsprogs, xz-utils; apt-get downloads the kernels into the
@@ -100,6 +102,7 @@ struct Opts {
     bin: PathBuf,
     timeout: Duration,
     quick: bool,
+    timing: bool,
 }
 
 pub fn vm(args: &[String]) -> Result<()> {
@@ -109,6 +112,7 @@ pub fn vm(args: &[String]) -> Result<()> {
         bin: workspace_root().join("target/debug/pysandbox"),
         timeout: Duration::from_secs(600),
         quick: false,
+        timing: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -119,8 +123,9 @@ pub fn vm(args: &[String]) -> Result<()> {
             "--pysandbox" => o.bin = PathBuf::from(val()?),
             "--timeout" => o.timeout = Duration::from_secs(val()?.parse()?),
             "--quick" => o.quick = true,
+            "--timing" => o.timing = true,
             _ => bail!(
-                "usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--pysandbox BIN] [--timeout SECS]"
+                "usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--timing] [--pysandbox BIN] [--timeout SECS]"
             ),
         }
     }
@@ -410,6 +415,9 @@ fn boot(
     );
     if o.quick {
         append.push_str(" psb.quick=1");
+    }
+    if o.timing {
+        append.push_str(" psb.timing=1");
     }
     if ver.starts_with("5.10") {
         append.push_str(" psb.old=1");

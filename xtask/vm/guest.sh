@@ -64,6 +64,7 @@ suite() {
   local who=$1 expect=$2 quick=$3
   # psb.quick=1 (cargo xtask vm --quick): the subset for every identity.
   [ "$(arg quick)" = 1 ] && quick="--quick $quick"
+  [ "$(arg timing)" = 1 ] && quick="--timing $quick"
   shift 4
   local out=/tmp/result-$who.json
   say "identity $who (expects $expect)"
