@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::limits::CgroupSupport;
+use crate::limits::{CgroupSupport, cgroup2};
 use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,23 +105,42 @@ fn user_namespaces() -> Check {
     }
     let apparmor =
         read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1");
+    const AA_FIX: &str = "sudo pysandbox setup apparmor (a profile that allows `userns,` for this binary), or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0";
+    let profiled = match crate::apparmor::loaded() {
+        Some(true) => " (a `pysandbox` profile is loaded)",
+        _ => "",
+    };
     match try_userns() {
+        Ok(()) if apparmor && sys::euid() != 0 && !profiled.is_empty() => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "available: AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1){profiled}"
+            ),
+            None,
+        ),
         Ok(()) if apparmor && sys::euid() != 0 => check(
             NAME,
             Level::Warn,
-            "available, but AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)",
-            Some(
-                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give pysandbox an AppArmor profile with `userns,`",
+            "created, but AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1): without a profile the sandbox's mounts are refused",
+            Some(AA_FIX),
+        ),
+        Ok(()) if apparmor => check(
+            NAME,
+            Level::Warn,
+            format!(
+                "available to root; AppArmor restricts them for ordinary users (kernel.apparmor_restrict_unprivileged_userns = 1){profiled}"
             ),
+            (profiled.is_empty()).then_some(AA_FIX),
         ),
         Ok(()) => check(NAME, Level::Ok, "available", None),
         Err(e) if apparmor => check(
             NAME,
             Level::Fail,
-            format!("{e}: AppArmor restricts unprivileged user namespaces"),
-            Some(
-                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give pysandbox an AppArmor profile with `userns,`",
+            format!(
+                "{e}: AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)"
             ),
+            Some(AA_FIX),
         ),
         Err(e) => check(
             NAME,
@@ -143,6 +162,10 @@ fn cgroups() -> Vec<Check> {
     let real_root = sys::euid() == 0 && sys::in_initial_userns();
     let hybrid = !is_cgroup2("/sys/fs/cgroup") && is_cgroup2("/sys/fs/cgroup/unified");
     let mut out = Vec::new();
+    if cgroup2::is_unified() {
+        out.push(cgroup_v2(real_root));
+        return out;
+    }
     if real_root {
         match CgroupSupport::detect_for_root() {
             CgroupSupport::V1 { memsw } => {
@@ -166,8 +189,7 @@ fn cgroups() -> Vec<Check> {
                     }),
                 ));
             }
-            CgroupSupport::V2 => out.push(check(NAME, Level::Ok, "cgroup v2 as root: memory, pids and CPU limits", None)),
-            CgroupSupport::None => out.push(check(
+            CgroupSupport::V2 { .. } | CgroupSupport::None => out.push(check(
                 NAME,
                 Level::Warn,
                 "no usable memory/pids cgroup controllers: rlimits only (memory approximated by RLIMIT_AS)",
@@ -188,10 +210,101 @@ fn cgroups() -> Vec<Check> {
     out.push(check(
         NAME,
         Level::Warn,
-        "as an ordinary user: rlimits (memory is RLIMIT_AS, address space; --cpus is not available; --strict-limits refuses)",
-        Some("run as root for cgroup limits"),
+        "as an ordinary user on a cgroup v1 host: rlimits (memory is RLIMIT_AS, address space; --cpus is not enforced; --strict-limits refuses)",
+        Some("run as root for cgroup limits, or move the host to cgroup v2 (systemd.unified_cgroup_hierarchy=1)"),
     ));
     out
+}
+
+/// A pure cgroup v2 host: which cgroup the caller is in, whether it is delegated, which
+/// controllers a run gets, and where runs' cgroups will go. Changes nothing (the final
+/// probe run shows what a run really got).
+fn cgroup_v2(real_root: bool) -> Check {
+    const NAME: &str = "limits";
+    let Some(own) = cgroup2::own_path() else {
+        return check(
+            NAME,
+            Level::Warn,
+            "cgroup v2, but /proc/self/cgroup has no cgroup v2 line: rlimits only",
+            None,
+        );
+    };
+    let systemd = cgroup2::systemd_booted();
+    let view = cgroup2::View {
+        root: Path::new(cgroup2::ROOT),
+        own: &own,
+        euid: sys::euid(),
+        real_root,
+        systemd,
+        ask_systemd: true,
+    };
+    let ctl = |dir: &Path| cgroup2::controllers(dir).join(" ");
+    match cgroup2::find_delegated(&view) {
+        Ok(p) => check(
+            NAME,
+            if p.cpu { Level::Ok } else { Level::Warn },
+            format!(
+                "cgroup v2: you are in {own}, delegated to you (controllers: {}); each run's cgroup goes under {}{}",
+                ctl(&p.dir),
+                p.dir.display(),
+                if p.cpu {
+                    ""
+                } else {
+                    "; no cpu controller: --cpus is not enforced"
+                }
+            ),
+            (!p.cpu)
+                .then_some("delegate the cpu controller too (systemd: Delegate=cpu memory pids)"),
+        ),
+        Err(why) if real_root => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "cgroup v2 as root: you are in {own} ({why}); {}",
+                if systemd {
+                    "each run asks systemd for a delegated scope in pysandbox.slice, removed when the run ends"
+                } else {
+                    "runs' cgroups go under /sys/fs/cgroup/pysandbox, removed when empty"
+                }
+            ),
+            None,
+        ),
+        Err(why) if systemd => {
+            let bus = Path::new(&format!("/run/user/{}/bus", sys::euid())).exists()
+                || std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some();
+            if bus {
+                check(
+                    NAME,
+                    Level::Ok,
+                    format!(
+                        "cgroup v2: you are in {own} ({why}); each run asks your systemd user manager for a delegated scope (see the sandbox line for what it got)"
+                    ),
+                    Some(
+                        "to skip that per run, start pysandbox in a delegated scope: systemd-run --user --scope -p Delegate=yes pysandbox ...",
+                    ),
+                )
+            } else {
+                check(
+                    NAME,
+                    Level::Warn,
+                    format!(
+                        "cgroup v2: you are in {own} ({why}) and have no systemd user manager to ask for a delegated scope: rlimits only (memory is RLIMIT_AS; --cpus is not enforced)"
+                    ),
+                    Some("loginctl enable-linger $USER (then log in again), or run as root"),
+                )
+            }
+        }
+        Err(why) => check(
+            NAME,
+            Level::Warn,
+            format!(
+                "cgroup v2: you are in {own} ({why}): rlimits only (memory is RLIMIT_AS; --cpus is not enforced)"
+            ),
+            Some(
+                "have root delegate a cgroup to you (chown it and its cgroup.procs, cgroup.subtree_control; memory pids cpu enabled in its parent), then start pysandbox from inside it; or run as root",
+            ),
+        ),
+    }
 }
 
 fn seccomp() -> Check {
@@ -276,10 +389,22 @@ fn image() -> Check {
     }
 }
 
+fn mechanism(m: &crate::report::Mechanism) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{m:?}"))
+}
+
 /// Every check, then a real run. Call from a single-threaded process (the final run
 /// enters namespaces).
 pub fn run_checks() -> Vec<Check> {
-    let mut out = vec![kernel(), user_namespaces()];
+    let k = kernel();
+    if k.level == Level::Fail {
+        // Nothing else can work on it: say so at once, before any image work.
+        return vec![k];
+    }
+    let mut out = vec![k, user_namespaces()];
     out.extend(cgroups());
     out.push(seccomp());
     out.push(overlay());
@@ -291,6 +416,8 @@ pub fn run_checks() -> Vec<Check> {
         ));
         p.no_fs = true;
         p.capture = true;
+        // A CPU share, so that the report says what would enforce --cpus.
+        p.limits.cpus = Some(1.0);
         p.stdin = crate::policy::StdinSource::Null;
         let t = std::time::Instant::now();
         out.push(match crate::run_in_this_process(&p) {
@@ -298,9 +425,11 @@ pub fn run_checks() -> Vec<Check> {
                 "sandbox",
                 Level::Ok,
                 format!(
-                    "a script ran in a sandbox ({} ms, {})",
+                    "a script ran in a sandbox ({} ms, {}; memory and pids limits by {}, --cpus by {})",
                     t.elapsed().as_millis(),
-                    r.image
+                    r.image,
+                    mechanism(&r.limits.memory_bytes.mechanism),
+                    mechanism(&r.limits.cpus.mechanism),
                 ),
                 None,
             ),

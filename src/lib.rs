@@ -15,6 +15,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod apparmor;
 pub mod dirs;
 pub mod doctor;
 pub mod error;

@@ -59,6 +59,9 @@ enum Command {
     },
     /// Remove every kept run.
     Prune,
+    /// One-time host setup (root).
+    #[command(subcommand)]
+    Setup(SetupCommand),
 }
 
 #[derive(Args)]
@@ -716,6 +719,7 @@ pub fn main() -> i32 {
                     0
                 })
                 .map_err(Into::into),
+            Command::Setup(c) => setup(c),
         }
     });
     match result {
@@ -729,6 +733,41 @@ pub fn main() -> i32 {
                 .join(": ");
             eprintln!("pysandbox: error: {msg}");
             EXIT_SANDBOX_ERROR
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Write and load an AppArmor profile that lets this binary create user namespaces
+    /// (needed where kernel.apparmor_restrict_unprivileged_userns=1, e.g. Ubuntu 24.04).
+    Apparmor {
+        /// Print the profile instead of writing and loading it.
+        #[arg(long)]
+        print: bool,
+        /// The folder to write the profile into.
+        #[arg(long, value_name = "DIR", default_value = pysandbox::apparmor::PROFILE_DIR)]
+        dir: PathBuf,
+    },
+}
+
+fn setup(c: SetupCommand) -> Result<i32> {
+    match c {
+        SetupCommand::Apparmor { print, dir } => {
+            let exe = std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .context("finding the pysandbox binary")?;
+            if print {
+                print!("{}", pysandbox::apparmor::profile(&exe)?);
+                return Ok(0);
+            }
+            let path = pysandbox::apparmor::install(&exe, &dir)?;
+            println!(
+                "pysandbox: wrote and loaded {} (user namespaces allowed for {})",
+                path.display(),
+                exe.display()
+            );
+            Ok(0)
         }
     }
 }

@@ -1,6 +1,11 @@
-//! Resource limits: which rlimits a run gets, whether cgroups can enforce memory and pids
-//! on this host, and removal of cgroups that a killed pysandbox left behind. Owns no
-//! process: the values are handed to the spec and applied by libcontainer.
+//! Resource limits: which rlimits a run gets, whether cgroups can enforce memory, pids
+//! and CPU on this host and where a run's cgroup goes (`cgroup2`: delegated subtrees,
+//! systemd scopes), and removal of cgroups that a killed pysandbox left behind. Owns no
+//! process: cgroup v1 values are handed to the spec and applied by libcontainer; a
+//! cgroup v2 run's cgroup is made and filled here, before libcontainer moves the sandbox
+//! into it.
+
+pub mod cgroup2;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,8 @@ use crate::policy::Limits;
 use crate::report::{self, Limit, Mechanism};
 use crate::spec::Rlimit;
 
-/// The parent of every cgroup pysandbox creates (`/pysandbox/<id>`).
+/// The parent of a cgroup v1 run's cgroups (`/pysandbox/<id>` in each controller; on
+/// cgroup v2 see `cgroup2`).
 pub const CGROUP_PARENT: &str = "pysandbox";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -20,8 +26,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub enum CgroupSupport {
     /// cgroup v1 memory + pids controllers are mounted and writable (real root).
     V1 { memsw: bool },
-    /// cgroup v2 with memory and pids available at the root (real root).
-    V2,
+    /// cgroup v2: memory and pids (and CPU when `cpu`) in a cgroup pysandbox may make
+    /// (real root, or a subtree delegated to the caller).
+    V2 { cpu: bool },
     /// No usable cgroups: rlimits only.
     None,
 }
@@ -42,7 +49,7 @@ impl CgroupSupport {
         if let Ok(c) = fs::read_to_string(root.join("cgroup.controllers")) {
             let has = |n: &str| c.split_whitespace().any(|x| x == n);
             if has("memory") && has("pids") {
-                return CgroupSupport::V2;
+                return CgroupSupport::V2 { cpu: has("cpu") };
             }
         }
         CgroupSupport::None
@@ -52,10 +59,19 @@ impl CgroupSupport {
         !matches!(self, CgroupSupport::None)
     }
 
+    /// Whether `--cpus` is enforced (v1 root mounts the cpu controller with the others).
+    pub fn enforces_cpu(self) -> bool {
+        match self {
+            CgroupSupport::V1 { .. } => true,
+            CgroupSupport::V2 { cpu } => cpu,
+            CgroupSupport::None => false,
+        }
+    }
+
     fn mechanism(self) -> Mechanism {
         match self {
             CgroupSupport::V1 { .. } => Mechanism::CgroupV1,
-            CgroupSupport::V2 => Mechanism::CgroupV2,
+            CgroupSupport::V2 { .. } => Mechanism::CgroupV2,
             CgroupSupport::None => Mechanism::None,
         }
     }
@@ -72,10 +88,11 @@ pub fn check_strict(l: &Limits, cg: CgroupSupport) -> Result<(), StrictError> {
             "memory could only be approximated here (RLIMIT_AS counts address space, and tmpfs is outside it). Hint: run as root, or on a host whose cgroup v2 is delegated to you; or drop --strict-limits".into(),
         ));
     }
-    if l.cpus.is_some() && cg == CgroupSupport::None {
-        return Err(StrictError(
-            "--cpus needs cgroups, which this host does not give pysandbox".into(),
-        ));
+    if l.cpus.is_some() && !cg.enforces_cpu() {
+        return Err(StrictError(format!(
+            "--cpus needs the cgroup CPU controller, which this host does not give pysandbox. Hint: {}",
+            CPU_HINT
+        )));
     }
     Ok(())
 }
@@ -107,7 +124,7 @@ pub fn describe(l: &Limits, cg: CgroupSupport, rl: &[Rlimit]) -> report::Limits 
         } else {
             rlimit(PosixRlimitType::RlimitNproc).unwrap_or(none)
         },
-        cpus: match (l.cpus, cg.enforces_memory()) {
+        cpus: match (l.cpus, cg.enforces_cpu()) {
             (Some(c), true) => by_cgroup(c),
             (Some(c), false) => Limit {
                 value: Some(c),
@@ -133,32 +150,171 @@ pub fn describe(l: &Limits, cg: CgroupSupport, rl: &[Rlimit]) -> report::Limits 
     }
 }
 
-/// How many times the kernel's OOM killer killed inside the run's memory cgroup.
-pub fn oom_kills(id: &str, cg: CgroupSupport) -> u64 {
+/// How many times the kernel's OOM killer killed inside a cgroup v1 run's memory cgroup
+/// (a cgroup v2 run asks its [`cgroup2::RunCgroup`]).
+pub fn oom_kills_v1(id: &str) -> u64 {
     let own = Path::new(CGROUP_PARENT).join(id);
-    let (file, key) = match cg {
-        CgroupSupport::V1 { .. } => (
-            Path::new(CGROUP_ROOT)
-                .join("memory")
-                .join(&own)
-                .join("memory.oom_control"),
-            "oom_kill",
-        ),
-        CgroupSupport::V2 => (
-            Path::new(CGROUP_ROOT).join(&own).join("memory.events"),
-            "oom_kill",
-        ),
-        CgroupSupport::None => return 0,
+    let file = Path::new(CGROUP_ROOT)
+        .join("memory")
+        .join(&own)
+        .join("memory.oom_control");
+    cgroup2::counter(&file, "oom_kill")
+}
+
+/// What `--cpus` (and a precise memory limit) need, for hints.
+pub const CPU_HINT: &str = "run as root, or in a cgroup v2 subtree delegated to you: `systemd-run --user --scope -p Delegate=yes pysandbox ...` (with `loginctl enable-linger $USER` if you have no user session)";
+
+/// Where a run's limits come from: the cgroup support and, on cgroup v2, the parent of
+/// its cgroup. `why_not` says (one line) why an ordinary user gets no cgroups; `notes`
+/// become report warnings.
+#[derive(Debug)]
+pub struct Placement {
+    pub support: CgroupSupport,
+    pub parent: Option<cgroup2::Parent>,
+    pub why_not: Option<String>,
+    pub notes: Vec<String>,
+    /// The run's own cgroup, once [`Placement::create_run`] made it (cgroup v2).
+    pub run: Option<cgroup2::RunCgroup>,
+}
+
+impl Placement {
+    fn none(why: String) -> Placement {
+        Placement {
+            support: CgroupSupport::None,
+            parent: None,
+            why_not: Some(why),
+            notes: Vec::new(),
+            run: None,
+        }
+    }
+
+    /// Makes the run's cgroup under the cgroup v2 parent, with its limits.
+    pub fn create_run(&mut self, id: &str, l: &Limits) -> std::io::Result<()> {
+        for _ in 0..10 {
+            let Some(p) = &self.parent else {
+                return Ok(());
+            };
+            match cgroup2::RunCgroup::create(p, id, l) {
+                Ok(run) => {
+                    self.run = Some(run);
+                    return Ok(());
+                }
+                // Root's shared parent, removed by a run that found it empty between our
+                // making it and our mkdir in it: make it again.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && p.origin == cgroup2::Origin::Shared =>
+                {
+                    self.parent = Some(cgroup2::shared_parent()?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other(
+            "the shared parent cgroup kept disappearing",
+        ))
+    }
+
+    /// OOM kills in the run's cgroup.
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        match (&self.run, self.support) {
+            (Some(r), _) => r.oom_kills(),
+            (None, CgroupSupport::V1 { .. }) => oom_kills_v1(id),
+            _ => 0,
+        }
+    }
+
+    /// Removes the run's cgroups; returns those that could not be removed.
+    pub fn remove(&self, id: &str) -> Vec<PathBuf> {
+        let mut left = match &self.run {
+            Some(r) if !r.remove() => vec![r.path.clone()],
+            _ => Vec::new(),
+        };
+        if matches!(self.support, CgroupSupport::V1 { .. }) {
+            left.extend(remove_stale_cgroups(id));
+        }
+        left
+    }
+}
+
+/// Finds (and prepares) where run `id`'s cgroup goes; see `cgroup2` for the order. May
+/// move this process: into a leaf of its delegated cgroup, or into a transient systemd
+/// scope. `real_root`: root in the initial user namespace.
+pub fn place(real_root: bool, id: &str) -> Placement {
+    if !cgroup2::is_unified() {
+        if real_root {
+            return Placement {
+                support: CgroupSupport::detect_for_root(),
+                parent: None,
+                why_not: None,
+                notes: Vec::new(),
+                run: None,
+            };
+        }
+        return Placement::none(
+            "this host's memory and pids controllers are on cgroup v1, which only root can use"
+                .into(),
+        );
+    }
+    let Some(own) = cgroup2::own_path() else {
+        return Placement::none("/proc/self/cgroup has no cgroup v2 line".into());
     };
-    fs::read_to_string(file)
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let mut it = l.split_whitespace();
-                (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
-            })
-        })
-        .unwrap_or(0)
+    let systemd = cgroup2::systemd_booted();
+    let view = cgroup2::View {
+        root: Path::new(cgroup2::ROOT),
+        own: &own,
+        euid: crate::sys::euid(),
+        real_root,
+        systemd,
+        ask_systemd: true,
+    };
+    let v2 = |p: cgroup2::Parent| Placement {
+        support: CgroupSupport::V2 { cpu: p.cpu },
+        parent: Some(p),
+        why_not: None,
+        notes: Vec::new(),
+        run: None,
+    };
+    let own_why = match cgroup2::find_delegated(&view) {
+        Ok(p) => {
+            return match cgroup2::prepare(&p) {
+                Ok(()) => v2(p),
+                Err(e) => Placement::none(format!(
+                    "your delegated cgroup {} could not be prepared: {e}",
+                    p.dir.display()
+                )),
+            };
+        }
+        Err(why) => why,
+    };
+    let scope_why = if systemd {
+        match cgroup2::transient_scope(id, real_root) {
+            Ok(p) => return v2(p),
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
+    if real_root {
+        return match cgroup2::shared_parent() {
+            Ok(p) => {
+                let mut pl = v2(p);
+                if let Some(e) = scope_why {
+                    pl.notes.push(format!(
+                        "the run's cgroup is outside systemd's tree ({}/{}): {e}",
+                        cgroup2::ROOT,
+                        cgroup2::SHARED_PARENT
+                    ));
+                }
+                pl
+            }
+            Err(e) => Placement::none(format!("creating {}: {e}", cgroup2::SHARED_PARENT)),
+        };
+    }
+    Placement::none(match scope_why {
+        Some(e) => format!("your cgroup: {own_why}; {e}"),
+        None => format!("your cgroup: {own_why}"),
+    })
 }
 
 /// The cgroup path of a run (never empty: an empty cgroupsPath on v1 makes libcontainer

@@ -120,10 +120,16 @@ fn host_err(step: &'static str, hint: &'static str) -> impl FnOnce(io::Error) ->
 /// per-namespace kernel budgets: `ipc` always, `user` (the per-host-user ones) in the
 /// user namespace of its own that pysandbox enters when rootless. Must run
 /// single-threaded. Returns what could not be capped (older kernels), for the report.
+///
+/// `cgroup_parent`, the cgroup v2 parent of the run's cgroup, is bind-mounted over
+/// `/sys/fs/cgroup` in the private mount namespace: libcontainer, which enables
+/// controllers on every level from the top of the hierarchy down to the run's cgroup,
+/// then touches nothing above the parent (systemd's slices, the caller's own cgroup).
 pub fn enter_namespaces(
     mode: Mode,
     ipc: &[(&str, String)],
     user: &[(&str, String)],
+    cgroup_parent: Option<&Path>,
 ) -> Result<Vec<String>, RuntimeError> {
     match mode {
         Mode::Rootless => {
@@ -165,8 +171,17 @@ pub fn enter_namespaces(
         None::<&str>,
     )
     .map_err(|e| host_err("making mounts private", "")(e.into()))?;
-    if mode == Mode::Rootless {
-        expose_cgroup2()?;
+    match cgroup_parent {
+        Some(dir) => mount(
+            Some(dir),
+            "/sys/fs/cgroup",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| host_err("showing the run's cgroup parent to libcontainer", "")(e.into()))?,
+        None if mode == Mode::Rootless => expose_cgroup2()?,
+        None => {}
     }
     let mut not_capped = write_sysctls(ipc);
     if mode == Mode::Rootless {

@@ -1,14 +1,16 @@
-//! Per-run lock files: a run holds `<id>.lock` flocked while it lives; the next run
-//! sweeps the files (and, as root, the cgroups) of runs whose pysandbox died.
+//! Per-run lock files: a run holds `<id>.lock` flocked while it lives, with the path of
+//! its cgroup v2 cgroup in it; the next run sweeps the files and the cgroups of runs
+//! whose pysandbox died.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{RuntimeError, io_err};
 use crate::{limits, sys};
 
-/// Removes the lock files (and, as root, the cgroups) of runs whose pysandbox died.
+/// Removes the lock files and the cgroups of runs whose pysandbox died.
 pub(super) fn sweep(locks: &Path) {
     let Ok(rd) = fs::read_dir(locks) else { return };
     // Whether nobody holds the lock (the descriptor keeps it until dropped).
@@ -39,7 +41,15 @@ pub(super) fn sweep(locks: &Path) {
         if !free(&ent.path()) {
             continue; // its pysandbox is alive
         }
-        if limits::remove_stale_cgroups(id).is_empty() {
+        let recorded = fs::read(ent.path()).unwrap_or_default();
+        let v2_gone = match limits::cgroup2::RunCgroup::recorded(
+            id,
+            Path::new(std::ffi::OsStr::from_bytes(&recorded)),
+        ) {
+            Some(cg) => cg.remove(),
+            None => true,
+        };
+        if limits::remove_stale_cgroups(id).is_empty() && v2_gone {
             let _ = fs::remove_file(ent.path());
         }
     }

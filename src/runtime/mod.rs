@@ -222,6 +222,8 @@ struct RunCtx<'a> {
     mnt: &'a Path,
     id: &'a str,
     cgroups: CgroupSupport,
+    /// Where the run's cgroups are (and, on cgroup v2, its cgroup itself).
+    placement: &'a limits::Placement,
     pasta: Option<&'a Path>,
 }
 
@@ -245,15 +247,24 @@ fn run_prepared(
     }
     sweep(&locks);
     let id = sys::random_id("ps-").map_err(io_err("generating a run id"))?;
-    let lock = take_lock(&locks, &id)?;
-    let cgroups = if mode.is_root() {
-        CgroupSupport::detect_for_root()
-    } else {
-        CgroupSupport::None
-    };
+    let mut lock = take_lock(&locks, &id)?;
+    let mut cgroups = limits::place(mode.is_root(), &id);
     if policy.strict_limits {
-        limits::check_strict(&policy.limits, cgroups)?;
+        limits::check_strict(&policy.limits, cgroups.support)?;
     }
+    if let Some(parent) = &cgroups.parent {
+        // Recorded before it exists: the sweep of a later run finds it here if this
+        // pysandbox is killed at any point after.
+        use std::io::Write;
+        let _ = lock.write_all(parent.dir.join(&id).as_os_str().as_encoded_bytes());
+    }
+    cgroups
+        .create_run(&id, &policy.limits)
+        .map_err(|source| RuntimeError::Host {
+            step: "creating the run's cgroup",
+            source,
+            hint: "check `pysandbox doctor`'s limits line",
+        })?;
     let ctx = RunCtx {
         policy,
         mode,
@@ -261,7 +272,8 @@ fn run_prepared(
         image,
         mnt: &mnt,
         id: &id,
-        cgroups,
+        cgroups: cgroups.support,
+        placement: &cgroups,
         pasta,
     };
     let result = match warm {
@@ -275,12 +287,7 @@ fn run_prepared(
     if result.is_err() && policy.keep {
         crate::runs::discard(&id); // a run that never ended is not kept
     }
-    let cgroups_left = if mode.is_root() {
-        limits::remove_stale_cgroups(&id)
-    } else {
-        Vec::new()
-    };
-    if cgroups_left.is_empty() {
+    if cgroups.remove(&id).is_empty() {
         let _ = fs::remove_file(locks.join(format!("{id}.lock")));
     }
     drop(lock);
@@ -497,7 +504,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
     });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merges = merge_back(&staged);
-    let oom_kills = limits::oom_kills(r.id, r.cgroups);
+    let oom_kills = r.placement.oom_kills(r.id);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
     // killing (the kernel then kills the rest of its pid namespace).
@@ -525,7 +532,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
     outcome::add_warnings(
         &mut report,
         r.policy,
-        r.cgroups,
+        r.placement,
         (
             r.inputs
                 .warnings
@@ -622,8 +629,16 @@ fn enter_and_stage(
     warm: bool,
 ) -> Result<(stage::Staged, Vec<String>), crate::Error> {
     let policy = r.policy;
-    let not_capped =
-        host::enter_namespaces(r.mode, &limits::ipc_sysctls(&policy.limits), user_sysctls)?;
+    let cg = r.placement;
+    let not_capped = host::enter_namespaces(
+        r.mode,
+        &limits::ipc_sysctls(&policy.limits),
+        user_sysctls,
+        cg.parent
+            .as_ref()
+            .filter(|_| cg.run.is_some())
+            .map(|p| p.dir.as_path()),
+    )?;
     mark("namespaces entered");
     // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
     // the caller's folders (when the caller is root), and the image's /opt/conda in an
@@ -670,12 +685,15 @@ fn write_spec(
             Mode::Root { sandbox, .. } => Some(sandbox),
             Mode::Rootless => None,
         },
-        cgroups_path: limits::cgroup_path(r.id),
-        cgroup_limits: r.cgroups.enforces_memory(),
-        limit_swap: matches!(
-            r.cgroups,
-            CgroupSupport::V1 { memsw: true } | CgroupSupport::V2
-        ),
+        // A cgroup v2 run's cgroup is made and filled already; libcontainer sees its
+        // parent as the whole hierarchy (see host::enter_namespaces) and only moves the
+        // sandbox in.
+        cgroups_path: match &r.placement.run {
+            Some(_) => PathBuf::from("/").join(r.id),
+            None => limits::cgroup_path(r.id),
+        },
+        cgroup_limits: matches!(r.cgroups, CgroupSupport::V1 { .. }),
+        limit_swap: matches!(r.cgroups, CgroupSupport::V1 { memsw: true }),
         limit_kernel_tcp: matches!(r.cgroups, CgroupSupport::V1 { .. }),
         limits: r.policy.limits.clone(),
         rlimits: with_pasta_slot(rlimits, r.pasta.is_some()),

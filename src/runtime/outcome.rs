@@ -5,7 +5,6 @@ use std::io;
 use std::path::Path;
 
 use super::{HOST_NETWORK_WARNING, ResolvedImage, Status, output, supervise};
-use crate::limits::CgroupSupport;
 use crate::policy::{Network, RunPolicy};
 use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
 
@@ -90,7 +89,7 @@ pub(super) fn make_report(
 pub(super) fn add_warnings(
     report: &mut RunReport,
     policy: &RunPolicy,
-    cgroups: CgroupSupport,
+    cg: &crate::limits::Placement,
     notes: (Vec<String>, Vec<String>),
     merges: &[(&str, &output::Merged, Option<&Path>)],
 ) {
@@ -98,12 +97,15 @@ pub(super) fn add_warnings(
     let w = &mut report.warnings;
     w.extend(staged);
     if let Some(cpus) = policy.limits.cpus
-        && !cgroups.enforces_memory()
+        && !cg.support.enforces_cpu()
     {
         w.push(format!(
-            "--cpus {cpus} is not enforced: no CPU controller is usable here (cgroups need root, or a delegated cgroup v2); --strict-limits refuses to run instead"
+            "--cpus {cpus} is not enforced: no CPU controller is usable here ({}); --strict-limits refuses to run instead. Hint: {}",
+            cg.why_not.as_deref().unwrap_or("the cgroup has no cpu controller"),
+            crate::limits::CPU_HINT
         ));
     }
+    w.extend(cg.notes.iter().cloned());
     w.extend(
         not_capped
             .into_iter()

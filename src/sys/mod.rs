@@ -265,6 +265,28 @@ pub fn write_existing(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data)
 }
 
+/// The value of extended attribute `name` of `path` (following symlinks), if it has one.
+pub fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated strings and a buffer whose length is passed along.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(len).ok().map(|l| buf[..l].to_vec())
+}
+
+/// Whether this process may write `path`, judged with its effective ids (as the kernel
+/// will when it opens the file), not the real ones `access(2)` uses.
+pub fn may_write(path: &Path) -> bool {
+    nix::unistd::faccessat(
+        None,
+        path,
+        nix::unistd::AccessFlags::W_OK,
+        nix::fcntl::AtFlags::AT_EACCESS,
+    )
+    .is_ok()
+}
+
 /// Sends `data` with descriptor `fd` attached (SCM_RIGHTS) on a unix socket. Does not
 /// allocate (used in the sandbox's init); errors are ignored by design: the receiver
 /// notices a missing descriptor.

@@ -66,7 +66,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn must_work() -> bool {
+pub fn must_work() -> bool {
     std::env::var("PYSANDBOX_MUST_WORK").as_deref() == Ok("1")
 }
 

@@ -14,6 +14,8 @@
 //! against the floor (latency, throughput, a bounded load run; see `pool.rs`).
 //! `cargo xtask bench --net [--runs N]` (root) measures download throughput from inside the
 //! sandbox: through the `--allow-net` proxy vs `--network` (see `netbench.rs`).
+//! `cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]...` boots Debian's
+//! kernels under qemu and runs the host-matrix suite in them (see `vm.rs`).
 //!
 //! `cargo xtask compat [--keep] [--pysandbox BIN]` runs the test suites of a few pure-Python projects bare
 //! and inside the sandbox, as root and as uid 65534, and lists every difference (see
@@ -22,6 +24,7 @@
 mod compat;
 mod netbench;
 mod pool;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,9 +37,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("compat") => compat::compat(&args[1..]),
+        Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [--phases | --net] [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN]"
+                "usage: cargo xtask bench [--phases | --net | --pool [--load N]] [--runs N] | cargo xtask compat [--keep] [--pysandbox BIN] | cargo xtask vm [--kernel K]... [--mode M]..."
             );
             std::process::exit(2);
         }
