@@ -20,10 +20,9 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::policy::{self, Limits, Network};
 use crate::report::RunReport;
@@ -202,8 +201,20 @@ impl Sandbox {
         self
     }
 
-    pub(crate) fn helper(&self) -> &Path {
-        &self.helper
+    /// Starts a helper command with stdin and stdout piped, stderr as given.
+    pub(crate) fn spawn(
+        &self,
+        mut c: Command,
+        stderr: Stdio,
+    ) -> Result<std::process::Child, SandboxError> {
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                path: self.helper.clone(),
+                source,
+            })
     }
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
@@ -346,16 +357,7 @@ impl Sandbox {
         req: &RunRequest,
         script: Option<&Path>,
     ) -> Result<RunReport, SandboxError> {
-        let mut child = self
-            .command(req, script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| SandboxError::Spawn {
-                path: self.helper.clone(),
-                source,
-            })?;
+        let mut child = self.spawn(self.command(req, script), Stdio::piped())?;
         let mut stdin = child.stdin.take().expect("piped");
         let input = req.stdin.clone();
         let feeder = std::thread::spawn(move || {
@@ -378,7 +380,7 @@ impl Sandbox {
         let limit =
             req.timeout_or(self.limits.timeout) + policy::KILL_GRACE + Duration::from_secs(30);
         let exited = crate::sys::pidfd_open(child.id() as i32)
-            .and_then(|pidfd| wait_readable(&pidfd, limit))
+            .and_then(|pidfd| crate::sys::wait_readable(&pidfd, limit))
             .map_err(|e| SandboxError::Helper(e.to_string()))?;
         if !exited {
             let _ = child.kill();
@@ -399,31 +401,5 @@ impl Sandbox {
                 String::from_utf8_lossy(&err).trim()
             ))
         })
-    }
-}
-
-/// Waits up to `limit` for `fd` to become readable (a pidfd: the process exited).
-fn wait_readable(fd: &OwnedFd, limit: Duration) -> std::io::Result<bool> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        if n > 0 {
-            return Ok(true);
-        }
-        if n == 0 {
-            return Ok(false);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }

@@ -114,16 +114,6 @@ each_mode!(oci_layout_archive_and_store_names, |who| {
     assert_code(&o, 0, "image prune");
 });
 
-fn no_index() -> bool {
-    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIP image build: PYSANDBOX_TEST_NO_INDEX=1 says there is no package index here"
-        );
-        return true;
-    }
-    false
-}
-
 each_mode!(image_build_from_an_environment_file, |who| {
     if no_index() {
         return;

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -56,8 +54,7 @@ fn mcp_sdk_client_and_matplotlib_png() {
     if !available(Who::Root) {
         return;
     }
-    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
-        eprintln!("SKIP: PYSANDBOX_TEST_NO_INDEX=1 says there is no package index here");
+    if no_index() {
         return;
     }
     let store = tempfile::tempdir().unwrap();
@@ -92,32 +89,8 @@ fn mcp_sdk_client_and_matplotlib_png() {
 
     // The MCP SDK from PyPI, in a venv, talking to `pysandbox mcp` over stdio.
     let venv = tempfile::tempdir().unwrap();
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
-        .arg(venv.path())
-        .status()
-        .unwrap()
-        .success()
-        && Command::new(venv.path().join("bin/pip"))
-            .args(["install", "-q", "mcp==2.3.0"])
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "installing the mcp SDK from the package index failed");
-    let mut child = Command::new(venv.path().join("bin/python"))
-        .args(["-", bin().to_str().unwrap(), "mpl"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(CLIENT.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let python = venv_with(venv.path(), &["mcp==2.3.0"]);
+    let o = python_script(&python, CLIENT, &[bin().to_str().unwrap(), "mpl"]);
     assert!(
         o.status.success(),
         "{}\n{}",

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -555,23 +554,11 @@ fn an_unmodified_piston_client_works() {
     if !available(Who::Root) {
         return;
     }
-    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
-        eprintln!("SKIP: PYSANDBOX_TEST_NO_INDEX=1");
+    if no_index() {
         return;
     }
     let venv = tempfile::tempdir().unwrap();
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
-        .arg(venv.path())
-        .status()
-        .unwrap()
-        .success()
-        && Command::new(venv.path().join("bin/pip"))
-            .args(["install", "-q", "aiopyston==1.2.1"])
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "installing aiopyston from the package index failed");
+    let python = venv_with(venv.path(), &["aiopyston==1.2.1"]);
     let s = Server::start(Who::Root, 141, &["--pool", "2"]);
     let client = r#"
 import asyncio, sys
@@ -589,20 +576,7 @@ async def main(base, key):
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
-    let mut child = Command::new(venv.path().join("bin/python"))
-        .args(["-", &format!("{}/api/v2/", s.base), TOKEN])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(client.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = python_script(&python, client, &[&format!("{}/api/v2/", s.base), TOKEN]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "['a'] hi\n|0|3\n");
 }

@@ -176,3 +176,21 @@ fn concurrent_sessions_never_cross_talk() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn a_forged_endless_answer_ends_the_session() {
+    // The runner's answer channel is reachable from the code (same process): a hostile
+    // cell writing an endless line must not grow the host side without bound.
+    if !available(Who::Root) {
+        return;
+    }
+    let mut s = open();
+    let r = s.execute(
+        "import os\nfor fd in range(3, 10):\n    try:\n        os.write(fd, b'{')\n        chunk = b'x' * (1 << 20)\n        for _ in range(80):\n            os.write(fd, chunk)\n    except OSError:\n        pass",
+        T,
+    );
+    match r {
+        Err(SessionError::Ended(why)) => assert!(why.contains("answer over"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -21,7 +21,6 @@ pub mod worker;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -138,16 +137,7 @@ fn startup_env(req: &RunRequest) -> Vec<(String, String)> {
 }
 
 fn start_worker(sandbox: &Sandbox, env: &[(String, String)]) -> Result<Worker, SandboxError> {
-    let mut child = sandbox
-        .worker_command(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| SandboxError::Spawn {
-            path: sandbox.helper().to_path_buf(),
-            source,
-        })?;
+    let mut child = sandbox.spawn(sandbox.worker_command(env), Stdio::null())?;
     let stdin = child.stdin.take().expect("piped");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
     let mut first = String::new();
@@ -174,14 +164,11 @@ impl Worker {
     /// Whether the worker is still waiting (it writes nothing until claimed: anything
     /// readable, or end of file, means it died).
     fn alive(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.stdout.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no waiting.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n == 0 && self.stdout.buffer().is_empty()
+        self.stdout.buffer().is_empty()
+            && matches!(
+                crate::sys::wait_readable(self.stdout.get_ref(), Duration::ZERO),
+                Ok(false)
+            )
     }
 
     fn retire(mut self) {
@@ -266,27 +253,8 @@ impl Reap for Child {
 
 /// Reads one line, waiting at most `limit` for it to begin.
 fn read_line_within(r: &mut BufReader<ChildStdout>, limit: Duration) -> std::io::Result<String> {
-    if r.buffer().is_empty() {
-        let mut p = libc::pollfd {
-            fd: r.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = limit.as_millis().min(i32::MAX as u128) as libc::c_int;
-        loop {
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut p, 1, ms) };
-            if n > 0 {
-                break;
-            }
-            if n == 0 {
-                return Err(std::io::ErrorKind::TimedOut.into());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+    if r.buffer().is_empty() && !crate::sys::wait_readable(r.get_ref(), limit)? {
+        return Err(std::io::ErrorKind::TimedOut.into());
     }
     let mut line = String::new();
     r.read_line(&mut line)?;

@@ -12,7 +12,6 @@
 //! read it work unchanged.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,10 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
 /// Bytes a file fetched from a session may have.
 pub const MAX_FILE: u64 = 16 << 20;
+
+/// Bytes one answer of the session's runner may have (logs are capped at 1 MiB per stream,
+/// a fetched file at [`MAX_FILE`] before base64; results such as PNGs fill the rest).
+pub const MAX_ANSWER: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -81,16 +84,7 @@ pub struct Session {
 impl Session {
     /// Starts a session configured like `sandbox` that lives at most `lifetime`.
     pub fn open(sandbox: &Sandbox, lifetime: Duration) -> Result<Session, SessionError> {
-        let mut child = sandbox
-            .session_command(lifetime)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| SandboxError::Spawn {
-                path: sandbox.helper().to_path_buf(),
-                source,
-            })?;
+        let mut child = sandbox.spawn(sandbox.session_command(lifetime), Stdio::piped())?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut s = Session {
@@ -159,34 +153,25 @@ impl Session {
 
     /// Reads one answer within `limit`, or kills the session.
     fn read_answer(&mut self, limit: Duration) -> Result<Value, SessionError> {
-        let deadline = Instant::now() + limit;
-        if self.stdout.buffer().is_empty() {
-            let mut p = libc::pollfd {
-                fd: self.stdout.get_ref().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
-                // SAFETY: one valid pollfd.
-                let n = unsafe { libc::poll(&mut p, 1, ms) };
-                if n > 0 {
-                    break;
-                }
-                if n == 0 {
-                    self.kill(
-                        "an execution did not stop within its timeout after KeyboardInterrupt, so the session was killed".into(),
-                    );
-                    return Err(SessionError::Ended(self.ended.clone().unwrap_or_default()));
-                }
-                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                    break;
-                }
-            }
+        if self.stdout.buffer().is_empty()
+            && matches!(
+                crate::sys::wait_readable(self.stdout.get_ref(), limit),
+                Ok(false)
+            )
+        {
+            self.kill(
+                "an execution did not stop within its timeout after KeyboardInterrupt, so the session was killed".into(),
+            );
+            return Err(SessionError::Ended(self.ended.clone().unwrap_or_default()));
         }
+        // The answer channel is the sandbox's stdout: bounded, so a hostile session cannot
+        // make this process hold an endless line.
         let mut line = String::new();
-        let _ = self.stdout.read_line(&mut line);
+        let _ = std::io::Read::take(&mut self.stdout, MAX_ANSWER).read_line(&mut line);
+        if line.len() as u64 >= MAX_ANSWER && !line.ends_with('\n') {
+            self.kill(format!("it sent an answer over {MAX_ANSWER} bytes"));
+            return Err(SessionError::Ended(self.ended.clone().unwrap_or_default()));
+        }
         if line.is_empty() {
             let st = self.child.wait().ok();
             let why = match st.and_then(|s| s.code()) {

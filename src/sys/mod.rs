@@ -167,6 +167,33 @@ pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// `pidfd_open(pid, 0)`.
+/// Waits up to `limit` for `fd` to become readable (a pidfd: the process exited; a pipe:
+/// data or end of file). `false` when the time ran out.
+pub fn wait_readable(fd: &impl AsRawFd, limit: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n > 0 {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
     let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;

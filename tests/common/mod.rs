@@ -371,3 +371,51 @@ pub fn start_sleeper_with(
     assert_eq!(&buf, b"ready\n");
     child
 }
+
+/// Whether the tests must do without a package index (PYSANDBOX_TEST_NO_INDEX=1): then
+/// those that need one say so and are skipped.
+pub fn no_index() -> bool {
+    if std::env::var("PYSANDBOX_TEST_NO_INDEX").as_deref() == Ok("1") {
+        eprintln!("SKIP: PYSANDBOX_TEST_NO_INDEX=1 says there is no package index here");
+        return true;
+    }
+    false
+}
+
+/// A Python venv made at `dir` from Debian's python3, with `packages` (pip arguments)
+/// installed from the package index; returns its interpreter.
+pub fn venv_with(dir: &Path, packages: &[&str]) -> PathBuf {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(dir)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new(dir.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(packages)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "installing {packages:?} from the package index failed");
+    dir.join("bin/python")
+}
+
+/// Runs `script` (fed on stdin) with `python`, with `args`.
+pub fn python_script(python: &Path, script: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(python)
+        .arg("-")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
