@@ -12,7 +12,7 @@ pub enum Error {
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
-    Runtime(#[from] crate::runtime::RuntimeError),
+    Runtime(crate::runtime::RuntimeError),
     #[error(transparent)]
     Strict(#[from] crate::limits::StrictError),
     #[error(transparent)]
@@ -34,5 +34,21 @@ impl Error {
                 )
                 | Error::Net(crate::net::NetError::Io { .. } | crate::net::NetError::Pasta(_))
         )
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for Error {
+    /// The runtime's errors that come from a module below it are that module's.
+    fn from(e: crate::runtime::RuntimeError) -> Error {
+        use crate::runtime::RuntimeError as R;
+        match e {
+            R::Policy(e) => Error::Policy(e),
+            R::Dirs(e) => Error::Dirs(e),
+            R::Spec(e) => Error::Spec(e),
+            R::Strict(e) => Error::Strict(e),
+            R::Net(e) => Error::Net(e),
+            R::Runs(e) => Error::Runs(e),
+            e => Error::Runtime(e),
+        }
     }
 }

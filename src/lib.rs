@@ -19,6 +19,7 @@ pub mod apparmor;
 pub mod dirs;
 pub mod doctor;
 pub mod error;
+pub mod helper;
 pub mod image;
 pub mod limits;
 pub mod mcp;
@@ -49,5 +50,8 @@ pub use session::{Execution, Session, SessionError};
 /// namespaces with signals blocked. Libraries use [`Sandbox`].
 #[doc(hidden)]
 pub fn run_in_this_process(policy: &policy::RunPolicy) -> Result<RunReport, Error> {
-    runtime::run(policy)
+    // The request is checked before the image: a typo fails before any image work.
+    let prepared = runtime::prepare(policy)?;
+    let image = image::resolve(&policy.image)?;
+    Ok(prepared.run(&image)?)
 }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::helper::Helper;
 use crate::policy::{self, Limits, Network};
 use crate::report::RunReport;
 
@@ -49,7 +50,7 @@ pub enum SandboxError {
 /// A sandbox configuration; cheap to clone, `Send + Sync`, reusable for any number of runs.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    helper: PathBuf,
+    helper: Helper,
     image: Option<PathBuf>,
     limits: Limits,
     network: Network,
@@ -122,34 +123,16 @@ impl RunRequest {
     }
 }
 
-/// Finds the pysandbox binary: `$PYSANDBOX_BIN`, next to the current executable, on PATH.
-fn find_helper() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYSANDBOX_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("pysandbox")));
-    if let Some(b) = beside.filter(|b| b.is_file()) {
-        return Some(b);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("pysandbox"))
-        .find(|p| p.is_file())
-}
-
 impl Sandbox {
     /// A sandbox with default limits and the default image.
     pub fn new() -> Result<Sandbox, SandboxError> {
-        Ok(Sandbox::with_helper(
-            find_helper().ok_or(SandboxError::NoHelper)?,
-        ))
+        let helper = Helper::find().ok_or(SandboxError::NoHelper)?;
+        Ok(Sandbox::with_helper(helper.path()))
     }
     /// A sandbox whose runs use this pysandbox binary.
     pub fn with_helper(helper: impl Into<PathBuf>) -> Sandbox {
         Sandbox {
-            helper: helper.into(),
+            helper: Helper::at(helper),
             image: None,
             limits: Limits::default(),
             network: Network::None,
@@ -204,15 +187,13 @@ impl Sandbox {
     /// Starts a helper command with stdin and stdout piped, stderr as given.
     pub(crate) fn spawn(
         &self,
-        mut c: Command,
+        c: Command,
         stderr: Stdio,
     ) -> Result<std::process::Child, SandboxError> {
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
+        self.helper
+            .spawn(c, stderr)
             .map_err(|source| SandboxError::Spawn {
-                path: self.helper.clone(),
+                path: self.helper.path().to_owned(),
                 source,
             })
     }
@@ -256,7 +237,7 @@ impl Sandbox {
 
     fn command_with(&self, timeout: Duration, json: bool) -> Command {
         let l = &self.limits;
-        let mut c = Command::new(&self.helper);
+        let mut c = self.helper.command();
         c.arg("run");
         if json {
             c.arg("--json");

@@ -20,15 +20,21 @@ struct Stdio {
     answered: bool,
 }
 
-impl Warm for Stdio {
-    fn finished(&mut self, result: &Result<RunReport, crate::Error>) {
-        let report = match result {
-            Ok(r) => r.clone(),
-            Err(e) => RunReport::failed(e.to_string()),
-        };
-        if let Ok(line) = serde_json::to_string(&report) {
+impl Stdio {
+    /// The report, as one JSON line: the pool reads exactly one.
+    fn answer(&mut self, report: &RunReport) {
+        if let Ok(line) = serde_json::to_string(report) {
             let mut out = io::stdout().lock();
             self.answered = writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
+        }
+    }
+}
+
+impl Warm for Stdio {
+    fn finished(&mut self, result: Result<&RunReport, &dyn std::fmt::Display>) {
+        match result {
+            Ok(r) => self.answer(r),
+            Err(e) => self.answer(&RunReport::failed(e.to_string())),
         }
     }
 
@@ -82,10 +88,18 @@ impl Warm for Stdio {
 /// soon as the run ends, before the teardown. Returns `pysandbox run`'s exit status.
 pub fn run_worker(policy: &RunPolicy) -> i32 {
     let mut io = Stdio { answered: false };
-    let result = runtime::run_warm(policy, &mut io);
+    let result = runtime::prepare(policy)
+        .map_err(crate::Error::from)
+        .and_then(|prepared| {
+            let image = crate::image::resolve(&policy.image)?;
+            Ok(prepared.run_warm(&image, &mut io)?)
+        });
     if !io.answered {
-        // Failed before the sandbox existed (bad policy, host problem).
-        io.finished(&result);
+        // Failed before the sandbox existed (bad policy, bad image, host problem).
+        match &result {
+            Ok(r) => io.answer(r),
+            Err(e) => io.answer(&RunReport::failed(e.to_string())),
+        }
     }
     match result {
         Ok(r) => r.cli_exit_code(),

@@ -36,7 +36,7 @@ pub use executor::Status;
 pub use host::{MIN_KERNEL, Mode};
 
 use crate::dirs;
-use crate::image::{self, ResolvedImage};
+use crate::image::ResolvedImage;
 use crate::limits::{self, CgroupSupport};
 use crate::policy::{self, KILL_GRACE, Network, RunPolicy, Script};
 use crate::report::RunReport;
@@ -74,6 +74,20 @@ pub enum RuntimeError {
         step: &'static str,
         source: io::Error,
     },
+    // The modules below the runtime whose errors a run can meet (each keeps its own
+    // message; `crate::Error` takes them apart again).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Dirs(#[from] crate::dirs::DirsError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    Strict(#[from] crate::limits::StrictError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Runs(#[from] crate::runs::RunsError),
 }
 
 /// Logs how long after the run started a phase ended (`--log-level pysandbox=debug`).
@@ -153,7 +167,7 @@ pub trait Warm {
     /// `None`: nobody will claim this sandbox (the pool went away, or it died idle).
     fn claim(&mut self, sandbox: BorrowedFd<'_>) -> io::Result<Option<Claim>>;
     /// The run is over and reported; the teardown (cgroups, locks) comes after this.
-    fn finished(&mut self, result: &Result<RunReport, crate::Error>);
+    fn finished(&mut self, result: Result<&RunReport, &dyn std::fmt::Display>);
 }
 
 /// A claimed run: what the interpreter reads on stdin (its request, then the script's
@@ -164,26 +178,28 @@ pub struct Claim {
     pub timeout: std::time::Duration,
 }
 
-/// Runs one sandbox to completion. See the module docs for the threading requirement.
-pub fn run(policy: &RunPolicy) -> Result<RunReport, crate::Error> {
-    run_with(policy, None)
+/// A run whose request was checked before any image work: the policy is valid, the
+/// kernel new enough, the host mode known, `--network` possible and every host path
+/// given exists (a typo fails at once, before an image is built or unpacked). The
+/// caller then resolves the image and calls [`Prepared::run`] (or [`Prepared::run_warm`]).
+/// Dropped without a run that started, it removes the output folder it created.
+pub struct Prepared<'p> {
+    policy: &'p RunPolicy,
+    mode: Mode,
+    pasta: Option<PathBuf>,
+    inputs: Inputs,
+    /// Folders made for the run (the output folder), removed again if no sandbox ran.
+    created: Vec<PathBuf>,
 }
 
-/// Starts one sandbox ahead of its script: `policy.script` is the interpreter's
-/// bootstrap, which announces itself with one byte (0x06) on stdout and then reads its
-/// request from stdin; `warm` is told when it is ready and hands over the claim. The
-/// report covers the claimed run (wall time and timeout from the claim on).
-pub fn run_warm(policy: &RunPolicy, warm: &mut dyn Warm) -> Result<RunReport, crate::Error> {
-    run_with(policy, Some(warm))
-}
-
-fn run_with(policy: &RunPolicy, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::Error> {
+/// Checks a run's request against the host; see [`Prepared`]. Must be called from the
+/// single-threaded process that will run it (see the module docs).
+pub fn prepare(policy: &RunPolicy) -> Result<Prepared<'_>, RuntimeError> {
     policy.validate()?;
     if policy.interactive && !terminal::stdin_is_terminal() {
         return Err(RuntimeError::Input(
             "-i needs a terminal: pysandbox's stdin is not one. Hint: run it from a terminal, or drop -i and pipe the input in".into(),
-        )
-        .into());
+        ));
     }
     host::check_kernel()?;
     let mode = Mode::detect()?;
@@ -193,23 +209,73 @@ fn run_with(policy: &RunPolicy, warm: Option<&mut dyn Warm>) -> Result<RunReport
         Network::Pasta => Some(crate::net::preflight(mode.is_root())?),
         Network::None | Network::Host => None,
     };
-    // Inputs first: a typo in a path fails at once, before any image is built.
     let mut created = Vec::new();
-    let result = Inputs::gather(policy, mode, &mut created)
-        .map_err(crate::Error::from)
-        .and_then(|inputs| {
-            let image = image::resolve(&policy.image)?;
-            mark("image resolved");
-            run_prepared(policy, mode, &inputs, &image, pasta.as_deref(), warm)
-        });
-    // The output folder pysandbox created stays only if the sandbox ran (nothing
-    // half-made is left by a failed start).
-    if result.is_err() {
-        for dir in created.iter().rev() {
-            let _ = fs::remove_dir(dir); // only if still empty
+    match Inputs::gather(policy, mode, &mut created) {
+        Ok(inputs) => Ok(Prepared {
+            policy,
+            mode,
+            pasta,
+            inputs,
+            created,
+        }),
+        Err(e) => {
+            remove_created(&created);
+            Err(e)
         }
     }
-    result
+}
+
+impl Prepared<'_> {
+    /// Runs the sandbox on `image` to completion.
+    pub fn run(self, image: &ResolvedImage) -> Result<RunReport, RuntimeError> {
+        self.run_with(image, None)
+    }
+
+    /// Starts the sandbox ahead of its script: `policy.script` is the interpreter's
+    /// bootstrap, which announces itself with one byte (0x06) on stdout and then reads
+    /// its request from stdin; `warm` is told when it is ready and hands over the claim.
+    /// The report covers the claimed run (wall time and timeout from the claim on).
+    pub fn run_warm(
+        self,
+        image: &ResolvedImage,
+        warm: &mut dyn Warm,
+    ) -> Result<RunReport, RuntimeError> {
+        self.run_with(image, Some(warm))
+    }
+
+    fn run_with(
+        mut self,
+        image: &ResolvedImage,
+        warm: Option<&mut dyn Warm>,
+    ) -> Result<RunReport, RuntimeError> {
+        mark("image resolved");
+        let result = run_prepared(
+            self.policy,
+            self.mode,
+            &self.inputs,
+            image,
+            self.pasta.as_deref(),
+            warm,
+        );
+        // The output folder pysandbox created stays only if the sandbox ran (nothing
+        // half-made is left by a failed start).
+        if result.is_ok() {
+            self.created.clear();
+        }
+        result
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        remove_created(&self.created);
+    }
+}
+
+fn remove_created(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = fs::remove_dir(dir); // only if still empty
+    }
 }
 
 /// Everything the steps of one run share.
@@ -234,7 +300,7 @@ fn run_prepared(
     image: &ResolvedImage,
     pasta: Option<&Path>,
     warm: Option<&mut dyn Warm>,
-) -> Result<RunReport, crate::Error> {
+) -> Result<RunReport, RuntimeError> {
     let rt = dirs::runtime_dir(mode.is_root())?;
     let locks = rt.join("locks");
     let mnt = rt.join("mnt");
@@ -242,7 +308,7 @@ fn run_prepared(
         match fs::DirBuilder::new().mode(0o711).create(d) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("creating the runtime directory")(e).into()),
+            Err(e) => return Err(io_err("creating the runtime directory")(e)),
         }
     }
     sweep(&locks);
@@ -279,7 +345,7 @@ fn run_prepared(
     let result = match warm {
         Some(w) => {
             let r = launch(&ctx, Some(&mut *w));
-            w.finished(&r);
+            w.finished(r.as_ref().map_err(|e| e as &dyn std::fmt::Display));
             r
         }
         None => launch(&ctx, None),
@@ -344,7 +410,7 @@ fn create(
     bundle: &Path,
     argv: &[String],
     env: &[(String, String)],
-) -> Result<Created, crate::Error> {
+) -> Result<Created, RuntimeError> {
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -416,7 +482,7 @@ fn create(
     })
 }
 
-fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::Error> {
+fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeError> {
     let policy = r.policy;
     let rlimits = limits::rlimits(&policy.limits, r.cgroups.enforces_memory());
     // Relayed signals wait, blocked, until the supervisor reads them from a signalfd; a
@@ -463,10 +529,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
         None => supervise::Input::None,
     };
     let mut timeout = policy.limits.timeout;
-    let mut started = c
-        .container
-        .start()
-        .map_err(|e| crate::Error::from(lc_err("starting the sandbox")(e)));
+    let mut started = c.container.start().map_err(lc_err("starting the sandbox"));
     if let (Ok(()), Some(w)) = (&started, warm) {
         match warm_up(&from_stdout, &c.pidfd, staged.claim_dir.as_deref(), w) {
             Ok(claim) => {
@@ -494,7 +557,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, crate::E
             grace: KILL_GRACE,
         }
         .run(t0)
-        .map_err(|e| io_err("supervising the sandbox")(e).into())
+        .map_err(|e| io_err("supervising the sandbox")(e))
     });
     mark("supervised");
     let net_log = proxy.map(|p| {
@@ -627,7 +690,7 @@ fn enter_and_stage(
     r: &RunCtx,
     user_sysctls: &[(&'static str, String)],
     warm: bool,
-) -> Result<(stage::Staged, Vec<String>), crate::Error> {
+) -> Result<(stage::Staged, Vec<String>), RuntimeError> {
     let policy = r.policy;
     let cg = r.placement;
     let not_capped = host::enter_namespaces(
@@ -674,7 +737,7 @@ fn write_spec(
     env: &[(String, String)],
     rlimits: &[spec::Rlimit],
     bundle: &Path,
-) -> Result<(), crate::Error> {
+) -> Result<(), RuntimeError> {
     let spec = spec::build(&SpecInput {
         rootfs: staged.rootfs.clone(),
         argv: argv.to_vec(),
@@ -715,7 +778,7 @@ struct Attached {
     raw_mode: Option<terminal::RawMode>,
 }
 
-fn attach(r: &RunCtx, c: &Created) -> Result<Attached, crate::Error> {
+fn attach(r: &RunCtx, c: &Created) -> Result<Attached, RuntimeError> {
     if let Some(pasta) = r.pasta {
         connect(r, pasta, &c.status_r)?;
         mark("network up");
@@ -766,7 +829,7 @@ fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
 }
 
 /// Starts pasta in the init's namespaces (sent by the executor).
-fn connect(r: &RunCtx, pasta: &Path, status: &OwnedFd) -> Result<(), crate::Error> {
+fn connect(r: &RunCtx, pasta: &Path, status: &OwnedFd) -> Result<(), RuntimeError> {
     let (netns, pidns) = receive_namespaces(status)?;
     let target = crate::net::Target {
         netns,
@@ -777,7 +840,7 @@ fn connect(r: &RunCtx, pasta: &Path, status: &OwnedFd) -> Result<(), crate::Erro
             Mode::Rootless => None,
         },
     };
-    crate::net::start(pasta, &target).map_err(crate::Error::from)
+    Ok(crate::net::start(pasta, &target)?)
 }
 
 /// How long a warm interpreter may take to start (an image's first start can be slow
@@ -791,7 +854,7 @@ fn warm_up(
     pidfd: &OwnedFd,
     claim_dir: Option<&Path>,
     w: &mut dyn Warm,
-) -> Result<Claim, crate::Error> {
+) -> Result<Claim, RuntimeError> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let not_started = || input_err("the sandbox's interpreter did not start".into());
     let mut fds = [
@@ -801,12 +864,12 @@ fn warm_up(
     let ms = PollTimeout::try_from(WARM_START.as_millis() as i32).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, ms) {
         Ok(n) if n > 0 => {}
-        _ => return Err(not_started().into()),
+        _ => return Err(not_started()),
     }
     let mut byte = [0u8; 1];
     match nix::unistd::read(out.as_raw_fd(), &mut byte) {
         Ok(1) if byte[0] == 0x06 => {}
-        _ => return Err(not_started().into()),
+        _ => return Err(not_started()),
     }
     mark("interpreter ready");
     w.ready().map_err(io_err("announcing the sandbox"))?;
@@ -839,14 +902,14 @@ fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
 }
 
 /// The init's network and pid namespaces, sent by the executor before `build()` returned.
-fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), crate::Error> {
+fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     let net = receive_fd(status, b"netns 0\n")?;
     let pid = receive_fd(status, b"pidns 0\n")?;
     Ok((net, pid))
 }
 
 /// One descriptor the executor sent with `tag` before `build()` returned.
-fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, crate::Error> {
+fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, RuntimeError> {
     let step = "receiving the sandbox's namespaces and sockets";
     // Already sent, before build() returned: never wait long for it.
     let mut fds = [nix::poll::PollFd::new(
@@ -854,7 +917,7 @@ fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, crate::Error> {
         nix::poll::PollFlags::POLLIN,
     )];
     if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
-        return Err(io_err(step)(io::Error::from(io::ErrorKind::TimedOut)).into());
+        return Err(io_err(step)(io::Error::from(io::ErrorKind::TimedOut)));
     }
     let mut buf = [0u8; 16];
     match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
@@ -862,9 +925,8 @@ fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, crate::Error> {
         Ok(_) => Err(io_err(step)(io::Error::other(format!(
             "the sandbox's init did not send {}",
             String::from_utf8_lossy(tag).trim()
-        )))
-        .into()),
-        Err(e) => Err(io_err(step)(e).into()),
+        )))),
+        Err(e) => Err(io_err(step)(e)),
     }
 }
 
