@@ -378,7 +378,7 @@ fn network() -> Check {
 }
 
 fn image() -> Check {
-    match crate::image::describe_default() {
+    match crate::image::default::describe() {
         Ok(desc) => check("default image", Level::Ok, desc, None),
         Err(e) => check(
             "default image",

@@ -579,13 +579,14 @@ fn default_image_is_built_once_atomically_and_rebuilt_when_python_changes() {
         assert_code(&o, 0, "concurrent first run");
         assert_eq!(stdout(&o), format!("r{i}\n"));
     }
-    let images = home.path().join(".cache/pysandbox/images/default");
+    // The default image is an image of the store: one unpacked tree per build.
+    let images = home.path().join(".local/share/pysandbox/store/rootfs");
     let builds = || -> Vec<String> {
         std::fs::read_dir(&images)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("py"))
+            .filter(|n| !n.starts_with('.'))
             .collect()
     };
     let first = builds();

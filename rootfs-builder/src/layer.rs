@@ -26,6 +26,8 @@ pub struct LayerDigests {
     pub diff_id: String,
     /// Regular files in the layer.
     pub files: u64,
+    /// Whether the blob is gzip'd (else a plain tar: `digest` is `diff_id`).
+    pub gzip: bool,
 }
 
 /// A writer that hashes (and counts) what passes through it.
@@ -102,6 +104,7 @@ fn close_pipeline<W: Write>(
         size: gz_out.n,
         diff_id,
         files,
+        gzip: true,
     })
 }
 
@@ -120,7 +123,35 @@ pub fn write_layer(
     source: Source,
     out: impl Write,
 ) -> io::Result<LayerDigests> {
-    let mut b = tar::Builder::new(layer_pipeline(out));
+    let (pipeline, files) = write_tar(src, prefix, source, layer_pipeline(out))?;
+    close_pipeline(pipeline, files)
+}
+
+/// Writes `src` as a plain (uncompressed) tar layer into `out`: for a layer that is
+/// written on the critical path of a first run and kept locally (the default image),
+/// where gzip would cost seconds.
+pub fn write_plain_layer(src: &Path, source: Source, out: impl Write) -> io::Result<LayerDigests> {
+    let hashing = Hashing {
+        inner: out,
+        hash: Sha256::new(),
+        n: 0,
+    };
+    let (mut out, files) = write_tar(src, "", source, hashing)?;
+    out.flush()?;
+    let digest = format!("sha256:{}", hex(&out.hash.finalize()));
+    Ok(LayerDigests {
+        diff_id: digest.clone(),
+        digest,
+        size: out.n,
+        files,
+        gzip: false,
+    })
+}
+
+/// The tar of `src` (paths under `prefix`) into `out`; returns `out` and the number of
+/// regular files.
+fn write_tar<W: Write>(src: &Path, prefix: &str, source: Source, out: W) -> io::Result<(W, u64)> {
+    let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(false);
     let mut w = Walker {
@@ -141,7 +172,7 @@ pub fn write_layer(
     }
     w.walk(src, &root)?;
     let files = w.files;
-    close_pipeline(b.into_inner()?, files)
+    Ok((b.into_inner()?, files))
 }
 
 struct Walker<'a, W: Write> {

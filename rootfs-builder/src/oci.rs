@@ -15,6 +15,7 @@ use crate::layer::{LayerDigests, Source, write_layer};
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// The image config (JSON bytes) for `layers` (bottom first).
 pub fn config_json(layers: &[LayerDigests], s: &ImageSettings) -> Vec<u8> {
@@ -48,7 +49,8 @@ pub fn manifest_json(config: (&str, u64), layers: &[LayerDigests]) -> Vec<u8> {
         "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, "digest": config.0, "size": config.1},
         "layers": layers.iter().map(|l| json!({
-            "mediaType": MEDIA_LAYER_GZIP, "digest": l.digest, "size": l.size,
+            "mediaType": if l.gzip { MEDIA_LAYER_GZIP } else { MEDIA_LAYER_TAR },
+            "digest": l.digest, "size": l.size,
         })).collect::<Vec<_>>(),
     });
     serde_json::to_vec(&manifest).expect("JSON values serialize")

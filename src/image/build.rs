@@ -28,14 +28,8 @@ use sha2::{Digest, Sha256};
 
 use super::store::{Progress, Store};
 use crate::image::{self, ImageError};
-use crate::policy::ImageRef;
 
-/// Label holding the hash of what an image was built from (the rebuild check).
-pub const LABEL_BUILD_KEY: &str = "org.pysandbox.build-key";
-/// Label holding the installed packages (`name==version`, comma-separated).
-pub const LABEL_PACKAGES: &str = "org.pysandbox.packages";
-/// Label holding the Python version of the image.
-pub const LABEL_PYTHON: &str = "org.pysandbox.python";
+pub use super::labels::{LABEL_BUILD_KEY, LABEL_PACKAGES, LABEL_PYTHON};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -114,10 +108,6 @@ struct Base {
     digest: String,
     /// Holds the base's unpacked root file system while the build uses it.
     _guard: Option<super::store::RootfsGuard>,
-    /// Holds the default image's build (its shared in-use lock) while the build uses
-    /// it: a rebuild of the default image (a new host python, another pysandbox version)
-    /// must not delete it under the build stage.
-    _default: Option<image::ResolvedImage>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -125,64 +115,6 @@ fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The default image as a base: its root file system, and its one layer, tarred once per
-/// default-image build and kept in the store (`base-layer.json` in the build's directory
-/// remembers it).
-fn default_base(store: &Store, progress: &dyn Progress) -> Result<Base, BuildError> {
-    let img = image::resolve(&ImageRef::Default)?;
-    let build_dir = img
-        .rootfs
-        .parent()
-        .ok_or_else(|| BuildError::Invalid("default image has no build directory".into()))?
-        .to_path_buf();
-    let memo = build_dir.join("base-layer.json");
-    let cached: Option<(String, u64, String)> = fs::read(&memo)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let layer = match cached {
-        Some((digest, size, diff_id)) if store.has_blob(&digest) => LayerDigests {
-            digest,
-            size,
-            diff_id,
-            files: 0,
-        },
-        _ => {
-            progress.start("packing the base layer", None);
-            let tmp = store.tmp_path("base-layer");
-            let f = io::BufWriter::with_capacity(
-                1 << 20,
-                fs::File::create(&tmp).map_err(io_err("creating the base layer"))?,
-            );
-            let d = rootfs_builder::layer::write_layer(&img.rootfs, "", Source::Tree, f)
-                .map_err(io_err("packing the base layer"))?;
-            let mut r = fs::File::open(&tmp).map_err(io_err("reading the base layer"))?;
-            store.put_blob(&mut r, Some((&d.digest, d.size)))?;
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::write(
-                &memo,
-                serde_json::to_vec(&(d.digest.clone(), d.size, d.diff_id.clone()))
-                    .unwrap_or_default(),
-            );
-            progress.finish();
-            d
-        }
-    };
-    let python = img
-        .name
-        .split("Python ")
-        .nth(1)
-        .map(|v| v.trim_end_matches(')').to_string())
-        .unwrap_or_default();
-    Ok(Base {
-        rootfs: img.rootfs.clone(),
-        digest: layer.digest.clone(),
-        layers: vec![layer],
-        python,
-        _guard: None,
-        _default: Some(img),
-    })
 }
 
 /// A store image as a base.
@@ -214,6 +146,7 @@ fn store_base(store: &Store, name: &str, progress: &dyn Progress) -> Result<Base
                     size: l["size"].as_u64().unwrap_or(0),
                     diff_id: d.clone(),
                     files: 0,
+                    gzip: l["mediaType"].as_str().is_some_and(|m| m.contains("gzip")),
                 })
                 .collect()
         })
@@ -234,7 +167,6 @@ fn store_base(store: &Store, name: &str, progress: &dyn Progress) -> Result<Base
         python,
         digest,
         _guard: Some(guard),
-        _default: None,
     })
 }
 
@@ -329,7 +261,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     // No prune may take the blobs this build writes before they are tagged.
     let _writing = store.write_guard()?;
     let base = match &opts.base {
-        None => default_base(&store, progress)?,
+        None => {
+            // Built first if missing or stale; then an image of the store like any other.
+            image::default::resolve()?;
+            store_base(&store, image::default::DEFAULT_TAG, progress)?
+        }
         Some(b) => store_base(&store, b, progress)?,
     };
     if !base.python.is_empty() && !env.python_matches(&base.python) {
@@ -431,8 +367,13 @@ fn build_in(
             .map_err(io_err(format!("copying pip from {}", pip.display())))?;
     }
     // The build stage: this very binary, `run` with the build-only mount of /opt/conda.
-    let exe = std::env::current_exe().map_err(io_err("finding the pysandbox binary"))?;
-    let mut cmd = Command::new(exe);
+    let helper = crate::helper::Helper::find().ok_or_else(|| {
+        io_err("finding the pysandbox binary")(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not found: set PYSANDBOX_BIN or put pysandbox on PATH",
+        ))
+    })?;
+    let mut cmd = helper.command();
     cmd.arg("run");
     if allow_net.is_empty() {
         cmd.arg("--network");
@@ -528,7 +469,7 @@ fn build_in(
     labels.insert(LABEL_PACKAGES.to_string(), pkg_list.join(","));
     labels.insert(LABEL_PYTHON.to_string(), base.python.clone());
     let settings = rootfs_builder::oci::ImageSettings {
-        env: vec!["PATH=/opt/conda/bin:/usr/local/bin:/usr/bin:/bin".into()],
+        env: vec![format!("PATH={}", image::IMAGE_PATH)],
         cmd: vec![rootfs_builder::IMAGE_PYTHON.into()],
         user: Some("1000:1000".into()),
         working_dir: Some(crate::spec::DATA_DIR.into()),

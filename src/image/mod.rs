@@ -1,22 +1,25 @@
-//! Images: turns an [`ImageRef`] into a root file system directory and the interpreter
-//! inside it. Owns the per-user cache of the default image (built from the host's Python
-//! by `rootfs-builder` on first use, reused read-only by every later run, rebuilt when the
-//! host Python changes, built atomically under a lock so concurrent first runs are safe).
-//! Never mounts anything: `runtime/` stages what this module returns.
+//! Images: turns an [`ImageRef`] into a [`ResolvedImage`] (a root file system directory,
+//! the interpreter inside it, its config's `Env`, its digest). Every image but a plain
+//! root file system directory lives in the OCI store (`store.rs`), the default image
+//! included (`default.rs`). Never mounts anything: `runtime/` stages what this module
+//! returns.
 
 use std::fs;
-use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 pub mod archive;
 pub mod build;
+pub mod default;
+pub mod labels;
 pub mod registry;
 pub mod store;
 pub mod unpack;
+
+pub use default::host_python;
+
+/// The PATH of the images pysandbox makes (the default image, `image build`'s).
+pub const IMAGE_PATH: &str = "/opt/conda/bin:/usr/local/bin:/usr/bin:/bin";
 
 use crate::dirs;
 use crate::policy::ImageRef;
@@ -54,8 +57,6 @@ pub enum ImageError {
         python: PathBuf,
         source: rootfs_builder::BuildError,
     },
-    #[error("image cache {path}: {source}")]
-    Cache { path: PathBuf, source: io::Error },
     #[error(
         "image {0:?} not found: it is neither a path nor an image in the store. Hint: pysandbox image ls; or pull, import or build it"
     )]
@@ -66,17 +67,10 @@ pub enum ImageError {
     Invalid { path: PathBuf, why: String },
 }
 
-fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Cache {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Resolves the image of a run, building the default image if needed.
 pub fn resolve(image: &ImageRef) -> Result<ResolvedImage, ImageError> {
     match image {
-        ImageRef::Default => default_image(),
+        ImageRef::Default => default::resolve(),
         ImageRef::Path(p) if p.is_dir() && !p.join("oci-layout").exists() => rootfs_dir(p),
         ImageRef::Path(p) => imported(p),
         ImageRef::Name(n) => stored(n),
@@ -300,222 +294,4 @@ fn is_dir_in(root: &std::os::fd::OwnedFd, path: &str) -> bool {
     fstat_in(root, path)
         .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
         .unwrap_or(false)
-}
-
-/// Identity of a host file: if any of these change, the image is stale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileStamp {
-    path: PathBuf,
-    size: u64,
-    mtime_ns: i128,
-    ino: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let m = fs::metadata(path).ok()?;
-        Some(FileStamp {
-            path: path.to_owned(),
-            size: m.size(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            ino: m.ino(),
-        })
-    }
-    fn still_valid(&self) -> bool {
-        FileStamp::of(&self.path).as_ref() == Some(self)
-    }
-}
-
-/// `images/default/current.json`: which build is current and what it was built from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DefaultIndex {
-    builder_version: u32,
-    /// The `python3` that PATH resolved to (may be a pyenv shim).
-    python_on_path: PathBuf,
-    /// Directory name (under images/default) of the build.
-    build: String,
-    python_version: String,
-    stamps: Vec<FileStamp>,
-    /// sha256 of the build's manifest.json.
-    #[serde(default)]
-    digest: Option<String>,
-}
-
-/// The host interpreter the default image is made from: `$PYSANDBOX_PYTHON`, else
-/// `python3` on PATH.
-pub fn host_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYSANDBOX_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    // Without PATH (e.g. `env -i`), the conventional system directories, as execvp does.
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| std::ffi::OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    for dir in std::env::split_paths(&path) {
-        let cand = dir.join("python3");
-        if let Ok(m) = fs::metadata(&cand) {
-            // Executable for us? (access(2) also handles ACLs and the root case.)
-            let c = std::ffi::CString::new(cand.as_os_str().as_encoded_bytes()).ok()?;
-            // SAFETY: valid C string.
-            if m.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
-                return Some(cand);
-            }
-        }
-    }
-    None
-}
-
-fn read_index(dir: &Path, python: &Path) -> Option<ResolvedImage> {
-    let raw = fs::read(dir.join("current.json")).ok()?;
-    let idx: DefaultIndex = serde_json::from_slice(&raw).ok()?;
-    if idx.builder_version != rootfs_builder::BUILDER_VERSION
-        || idx.python_on_path != python
-        || !idx.stamps.iter().all(FileStamp::still_valid)
-    {
-        return None;
-    }
-    let build = dir.join(&idx.build);
-    let in_use = sys::lock::lock_file(&build.join(".in-use"), libc::LOCK_SH).ok()?;
-    Some(ResolvedImage {
-        rootfs: build.join("rootfs"),
-        python: rootfs_builder::IMAGE_PYTHON.to_string(),
-        name: format!("default (Python {})", idx.python_version),
-        // Indexes written before digests were recorded: hash the manifest now.
-        digest: idx.digest.clone().or_else(|| {
-            fs::read(build.join("manifest.json"))
-                .ok()
-                .map(|b| sha256_digest(&b))
-        }),
-        env: Vec::new(),
-        _in_use: Some(Box::new(in_use)),
-    })
-}
-
-/// `sha256:<hex>` of `data`.
-fn sha256_digest(data: &[u8]) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(data);
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// One line on the default image for `pysandbox doctor` (never builds it).
-pub fn describe_default() -> Result<String, ImageError> {
-    let python = host_python().ok_or(ImageError::NoHostPython)?;
-    let dir = dirs::cache_dir()?.join("images").join("default");
-    Ok(match read_index(&dir, &python) {
-        Some(img) => format!("{} at {}", img.name, img.rootfs.display()),
-        None => format!(
-            "not built yet (or stale): the next run builds it from {}",
-            python.display()
-        ),
-    })
-}
-
-fn default_image() -> Result<ResolvedImage, ImageError> {
-    let python = host_python().ok_or(ImageError::NoHostPython)?;
-    let dir = dirs::cache_dir()?.join("images").join("default");
-    // Fast path, every run: a read and a few stats.
-    if let Some(img) = read_index(&dir, &python) {
-        return Ok(img);
-    }
-    fs::create_dir_all(&dir).map_err(cache_err(&dir))?;
-    // Slow path: one builder at a time per user; the others wait and reuse its result.
-    let lock_path = dir.join(".lock");
-    let _lock = sys::lock::lock_file(&lock_path, libc::LOCK_EX).map_err(cache_err(&lock_path))?;
-    if let Some(img) = read_index(&dir, &python) {
-        return Ok(img);
-    }
-    build_default(&dir, &python)
-}
-
-fn build_default(dir: &Path, python: &Path) -> Result<ResolvedImage, ImageError> {
-    use std::io::IsTerminal;
-    let build_err = |source| ImageError::Build {
-        python: python.to_owned(),
-        source,
-    };
-    let host = rootfs_builder::probe_python(python).map_err(build_err)?;
-    if io::stderr().is_terminal() {
-        eprintln!(
-            "pysandbox: building the default image from Python {} ({}); this happens once",
-            host.version,
-            host.executable.display()
-        );
-    }
-    let tmp = dir.join(sys::random_id(".tmp-").map_err(cache_err(dir))?);
-    fs::create_dir(&tmp).map_err(cache_err(&tmp))?;
-    let result = (|| {
-        let manifest =
-            rootfs_builder::build_rootfs(&host, &tmp.join("rootfs")).map_err(build_err)?;
-        let mf = tmp.join("manifest.json");
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| cache_err(&mf)(e.into()))?;
-        let digest = sha256_digest(&body);
-        fs::write(&mf, body).map_err(cache_err(&mf))?;
-        let mut stamps: Vec<FileStamp> = manifest
-            .rebuild_triggers
-            .iter()
-            .filter_map(|p| FileStamp::of(p))
-            .collect();
-        if let Some(s) = FileStamp::of(python) {
-            stamps.push(s);
-        }
-        let build = format!(
-            "py{}-{}",
-            host.version,
-            &sys::random_id("").map_err(cache_err(dir))?[..8]
-        );
-        let final_dir = dir.join(&build);
-        fs::rename(&tmp, &final_dir).map_err(cache_err(&final_dir))?;
-        let idx = DefaultIndex {
-            builder_version: rootfs_builder::BUILDER_VERSION,
-            python_on_path: python.to_owned(),
-            build: build.clone(),
-            python_version: host.version.clone(),
-            stamps,
-            digest: Some(digest),
-        };
-        write_atomic(
-            &dir.join("current.json"),
-            &serde_json::to_vec_pretty(&idx).expect("index serializes"),
-        )?;
-        remove_old_builds(dir, &build);
-        read_index(dir, python).ok_or_else(|| ImageError::Invalid {
-            path: final_dir.clone(),
-            why: "the image just built does not validate; report this as a bug".into(),
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-/// Removes builds that are no longer current and that no run holds (a run keeps a shared
-/// lock on its build: deleting files under a live sandbox would break it). Leftover
-/// temporary dirs of a builder that died are removed too (we hold the build lock).
-fn remove_old_builds(dir: &Path, current: &str) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let name = name.to_string_lossy();
-        if name == current || !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            continue;
-        }
-        let p = ent.path();
-        let stale_tmp = name.starts_with(".tmp-");
-        let unused_build = name.starts_with("py")
-            && sys::lock::lock_file(&p.join(".in-use"), libc::LOCK_EX | libc::LOCK_NB).is_ok();
-        if stale_tmp || unused_build {
-            let _ = fs::remove_dir_all(&p);
-        }
-    }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(sys::random_id("tmp-").map_err(cache_err(path))?);
-    let mut f = fs::File::create(&tmp).map_err(cache_err(&tmp))?;
-    f.write_all(data).map_err(cache_err(&tmp))?;
-    f.sync_all().map_err(cache_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(cache_err(path))?;
-    Ok(())
 }

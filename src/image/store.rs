@@ -382,6 +382,36 @@ impl Store {
         Ok((digest, n))
     }
 
+    /// Moves a file its writer hashed (`digest`), written under the store's `tmp/` (the
+    /// same file system), into the blobs; no copy. The caller holds `write_guard`.
+    pub fn adopt_blob(&self, file: &Path, digest: &str) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest)?;
+        fs::set_permissions(file, fs::Permissions::from_mode(0o444)).map_err(io_err(file))?;
+        fs::rename(file, &dest).map_err(io_err(&dest))
+    }
+
+    /// Makes `tree`, a root file system built under the store's `tmp/` from exactly the
+    /// layers of `manifest_digest`, the image's unpacked tree (unless one is there
+    /// already), and holds it as [`Store::rootfs`] does: nothing is unpacked.
+    pub fn adopt_rootfs(
+        &self,
+        manifest_digest: &str,
+        tree: &Path,
+    ) -> Result<RootfsGuard, StoreError> {
+        let dir = self.root.join("rootfs").join(digest_hex(manifest_digest)?);
+        let dest = dir.join("rootfs");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // A prune that removes `dir` meanwhile makes lock_here fail: then `rootfs`
+        // unpacks the layers instead, which gives the same tree.
+        if let Some(_lock) = lock_here(&dir.join(".lock"), libc::LOCK_EX)?
+            && !dest.is_dir()
+        {
+            crate::image::add_mount_points(tree).map_err(io_err(tree))?;
+            fs::rename(tree, &dest).map_err(io_err(&dest))?;
+        }
+        self.rootfs(manifest_digest, &NoProgress)
+    }
+
     /// Writes a small blob held in memory.
     pub fn put_bytes(&self, data: &[u8]) -> Result<(String, u64), StoreError> {
         let digest = sha256_digest(data);
@@ -674,7 +704,22 @@ impl Store {
     /// Removes blobs no tag references, leftovers of interrupted writes, and the unpacked
     /// trees of untagged images that no run holds.
     pub fn prune(&self) -> Result<PruneStats, StoreError> {
-        let _gc = self.lock(".gc.lock", libc::LOCK_EX)?;
+        let gc = self.lock(".gc.lock", libc::LOCK_EX)?;
+        self.prune_locked(gc)
+    }
+
+    /// [`Store::prune`], unless another process writes to the store or prunes it now
+    /// (then `None`, at once).
+    pub fn try_prune(&self) -> Result<Option<PruneStats>, StoreError> {
+        let p = self.root.join(".gc.lock");
+        match sys::lock::lock_file(&p, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(gc) => self.prune_locked(gc).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    fn prune_locked(&self, _gc: File) -> Result<PruneStats, StoreError> {
         let _idx = self.lock(".index.lock", libc::LOCK_EX)?;
         let mut keep: HashSet<String> = HashSet::new();
         for d in self.load_index()? {

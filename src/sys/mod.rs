@@ -241,6 +241,11 @@ pub fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// Whether this process may execute `path` (access(2): ACLs and root's rules included).
+pub fn executable(path: &std::path::Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
 /// Whether this process is in the initial user namespace (its uid map is the identity
 /// over the whole range). Root in a nested namespace is not real root.
 pub fn in_initial_userns() -> bool {

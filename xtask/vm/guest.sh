@@ -47,14 +47,14 @@ EOS
 }
 
 # The default image, built once per boot by root's first run, copied into a user's
-# cache (each build takes about a minute under TCG).
+# image store (each build takes about a minute under TCG).
 seed_cache() {
   local u=$1 home=/scratch/home/$1
-  if [ -d /scratch/home/root/.cache/pysandbox/images/default ]; then
-    mkdir -p $home/.cache/pysandbox/images
-    cp -a /scratch/home/root/.cache/pysandbox/images/default $home/.cache/pysandbox/images/
-    chmod 700 $home/.cache $home/.cache/pysandbox
-    chown -R $u:$u $home/.cache
+  if [ -d /scratch/home/root/.local/share/pysandbox/store ]; then
+    mkdir -p $home/.local/share
+    cp -a /scratch/home/root/.local/share/pysandbox $home/.local/share/
+    chmod 700 $home/.local $home/.local/share/pysandbox
+    chown -R $u:$u $home/.local
   fi
 }
 

@@ -343,8 +343,8 @@ def old_kernel(s):
         err = p.stderr.decode().strip()
         assert p.returncode == 125, f"exit {p.returncode}: {err}"
         assert len(err.splitlines()) == 1 and "older than 5.12" in err, err
-        images = os.path.join(os.environ.get("HOME", "/"), ".cache/pysandbox/images/default")
-        assert not os.path.exists(images), f"an image was built first: {images}"
+        images = os.path.join(os.environ.get("HOME", "/"), ".local/share/pysandbox/store/rootfs")
+        assert not os.path.exists(images) or not os.listdir(images), f"an image was built first: {images}"
         assert secs < 10, f"{secs:.1f} s"
         return f"{secs:.2f} s: {err}"
 
