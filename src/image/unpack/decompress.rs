@@ -302,3 +302,206 @@ impl<R: Read> Read for CapReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Bytes that do not compress to nothing: a few MiB of a simple generator.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u32 = 0x1234_5678;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 251) as u8
+            })
+            .collect()
+    }
+
+    fn no_caps() -> Caps {
+        Caps {
+            budget: u64::MAX,
+            max_ratio: 0,
+            ratio_floor: 0,
+        }
+    }
+
+    /// The blob's format, what a consumer reading to the end got, and how it went.
+    fn unpack(blob: &[u8], caps: Caps) -> (Format, io::Result<Vec<u8>>, Done) {
+        let mut b = Blob::new(blob);
+        let format = b.format().unwrap();
+        let gzip = format == Format::Gzip;
+        let (got, done) = b.decompress(gzip, caps, |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        });
+        (format, got, done)
+    }
+
+    #[test]
+    fn gzip_round_trip_over_several_chunks() {
+        let data = noise(3 * CHUNK + 12345);
+        let blob = gzip(&data);
+        let (format, got, done) = unpack(&blob, no_caps());
+        assert_eq!(format, Format::Gzip);
+        assert!(got.unwrap() == data, "the stream differs from the input");
+        assert!(done.stop.is_none(), "{:?}", done.stop);
+        assert_eq!(done.produced, data.len() as u64);
+        assert_eq!(done.compressed, blob.len() as u64);
+    }
+
+    #[test]
+    fn gzip_members_follow_each_other_and_padding_is_read() {
+        let (a, b) = (noise(5000), b"second member".to_vec());
+        let mut blob = gzip(&a);
+        blob.extend(gzip(&b));
+        blob.extend_from_slice(&[0; 700]);
+        let (_, got, done) = unpack(&blob, no_caps());
+        assert_eq!(got.unwrap(), [a, b].concat());
+        assert!(done.stop.is_none(), "{:?}", done.stop);
+        assert_eq!(
+            done.compressed,
+            blob.len() as u64,
+            "the padding must be read"
+        );
+    }
+
+    #[test]
+    fn an_uncompressed_blob_passes_through() {
+        let data = noise(CHUNK + 1);
+        let (format, got, done) = unpack(&data, no_caps());
+        assert_eq!(format, Format::Tar);
+        assert!(got.unwrap() == data);
+        assert_eq!(
+            (done.produced, done.compressed),
+            (data.len() as u64, data.len() as u64)
+        );
+        let (format, got, _) = unpack(b"", no_caps());
+        assert_eq!(format, Format::Tar);
+        assert!(got.unwrap().is_empty());
+    }
+
+    #[test]
+    fn other_compressions_are_named() {
+        for (head, name) in [
+            (&[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..], "zstd"),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0, 0][..], "xz"),
+            (&b"BZh91AY&SY"[..], "bzip2"),
+        ] {
+            assert_eq!(Blob::new(head).format().unwrap(), Format::Refused(name));
+        }
+    }
+
+    #[test]
+    fn corrupt_gzip_fails_the_stream_and_names_the_cause() {
+        let data = noise(200_000);
+        let mut blob = gzip(&data);
+        let mid = blob.len() / 2;
+        for b in &mut blob[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let (_, got, done) = unpack(&blob, no_caps());
+        assert!(got.is_err(), "a corrupt gzip stream was read whole");
+        assert!(matches!(done.stop, Some(Stop::Read(_))), "{:?}", done.stop);
+    }
+
+    #[test]
+    fn a_bad_gzip_checksum_fails() {
+        let mut blob = gzip(b"some layer");
+        let crc = blob.len() - 8;
+        blob[crc] ^= 1;
+        let (_, got, done) = unpack(&blob, no_caps());
+        assert!(got.is_err());
+        assert!(matches!(done.stop, Some(Stop::Read(_))), "{:?}", done.stop);
+    }
+
+    #[test]
+    fn truncated_gzip_fails() {
+        let blob = gzip(&noise(100_000));
+        for cut in [blob.len() / 2, blob.len() - 4] {
+            let (_, got, done) = unpack(&blob[..cut], no_caps());
+            assert!(got.is_err(), "a gzip cut at {cut} was read whole");
+            assert!(done.stop.is_some());
+        }
+    }
+
+    #[test]
+    fn the_byte_budget_stops_the_decompressor() {
+        let blob = gzip(&noise(3 * CHUNK));
+        let caps = Caps {
+            budget: CHUNK as u64 + 1,
+            ..no_caps()
+        };
+        let (_, got, done) = unpack(&blob, caps);
+        assert!(got.is_err());
+        match done.stop {
+            Some(Stop::Limit(why)) => assert!(why.contains("max_bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            done.produced <= 2 * CHUNK as u64,
+            "it went on after the cap"
+        );
+    }
+
+    #[test]
+    fn the_ratio_cap_stops_a_bomb_but_not_a_plain_tar() {
+        let zeros = vec![0u8; 4 * CHUNK];
+        let caps = || Caps {
+            budget: u64::MAX,
+            max_ratio: 10,
+            ratio_floor: CHUNK as u64,
+        };
+        let (_, got, done) = unpack(&gzip(&zeros), caps());
+        assert!(got.is_err());
+        match done.stop {
+            Some(Stop::Limit(why)) => assert!(why.contains("max_ratio"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let (_, got, done) = unpack(&zeros, caps());
+        assert_eq!(got.unwrap().len(), zeros.len());
+        assert!(done.stop.is_none());
+    }
+
+    #[test]
+    fn a_consumer_that_quits_stops_the_decompressor() {
+        // More than the channel holds, so the decompressor is still sending.
+        let blob = gzip(&vec![7u8; 16 * CHUNK]);
+        let b = Blob::new(&blob[..]);
+        let (first, done) = b.decompress(true, no_caps(), |r| {
+            let mut v = [0u8; 10];
+            r.read_exact(&mut v).map(|_| v)
+        });
+        assert_eq!(first.unwrap(), [7u8; 10]);
+        assert!(matches!(done.stop, Some(Stop::Stopped)), "{:?}", done.stop);
+        assert!(done.produced < 16 * CHUNK as u64);
+    }
+
+    #[test]
+    fn the_cap_reader_counts_and_refuses_past_its_cap() {
+        let mut r = CapReader {
+            inner: &[1u8; 100][..],
+            n: 0,
+            cap: 60,
+        };
+        let mut v = Vec::new();
+        assert!(r.read_to_end(&mut v).is_err());
+        assert!(r.n > 60 && r.n <= 100, "{}", r.n);
+        let mut r = CapReader {
+            inner: &[1u8; 100][..],
+            n: 0,
+            cap: 100,
+        };
+        assert_eq!(io::copy(&mut r, &mut io::sink()).unwrap(), 100);
+    }
+}

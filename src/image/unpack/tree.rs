@@ -221,3 +221,28 @@ pub(super) fn join(comps: &[&[u8]]) -> Vec<u8> {
 pub(super) fn cstring(b: &[u8]) -> Result<CString, String> {
     CString::new(b).map_err(|_| "its name contains a NUL byte".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(p: &str) -> Result<String, String> {
+        clean_path(p.as_bytes()).map(|c| String::from_utf8(join(&c)).unwrap())
+    }
+
+    #[test]
+    fn paths_are_cleaned_lexically_and_never_climb_out() {
+        assert_eq!(clean("/etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(clean("./a//b/./c/").unwrap(), "a/b/c");
+        assert_eq!(clean("a/../b").unwrap(), "b");
+        assert_eq!(clean("a/b/../../c").unwrap(), "c");
+        assert_eq!(clean("/").unwrap(), "");
+        assert!(clean("..").is_err());
+        assert!(clean("a/../../etc").is_err());
+        assert!(clean("/../etc").is_err());
+        assert!(clean("a\0b").is_err());
+        assert!(clean(&"a".repeat(MAX_PATH_BYTES + 1)).is_err());
+        assert!(clean(&"d/".repeat(MAX_DEPTH + 1)).is_err());
+        assert!(clean(&"d/".repeat(MAX_DEPTH)).is_ok());
+    }
+}

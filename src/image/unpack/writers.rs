@@ -191,3 +191,133 @@ impl Unpacker {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::*;
+    use crate::sys::fs::open_path_dir;
+
+    fn job(dir: &Arc<OwnedFd>, name: &str, data: &[u8], mode: u32, sec: i64) -> Job {
+        Job {
+            dir: dir.clone(),
+            name: CString::new(name).unwrap(),
+            data: data.to_vec(),
+            mode,
+            mtime: Time { sec, nsec: 5 },
+            raw: format!("layer/path/{name}").into_bytes(),
+            layer: "sha256:test".into(),
+        }
+    }
+
+    fn dirs(top: &Path, names: &[&str]) -> Vec<Arc<OwnedFd>> {
+        names
+            .iter()
+            .map(|n| {
+                fs::create_dir(top.join(n)).unwrap();
+                Arc::new(open_path_dir(&top.join(n)).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writers_create_every_file_with_its_mode_and_mtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dirs(tmp.path(), &["a", "b", "c"]);
+        let pool = Pool::new(3);
+        for i in 0..60 {
+            let d = i % 3;
+            let data = format!("file {i}").repeat(i);
+            let parent: &[&[u8]] = &[b"x", &[d as u8]];
+            pool.send(
+                dir_hash(parent),
+                job(
+                    &ds[d],
+                    &format!("f{i}"),
+                    data.as_bytes(),
+                    0o640,
+                    1_600_000_000 + i as i64,
+                ),
+            )
+            .unwrap();
+        }
+        pool.wait().unwrap();
+        assert!(!pool.failed());
+        for i in 0..60 {
+            let p = tmp
+                .path()
+                .join(["a", "b", "c"][i % 3])
+                .join(format!("f{i}"));
+            assert_eq!(
+                fs::read(&p).unwrap(),
+                format!("file {i}").repeat(i).into_bytes()
+            );
+            let md = fs::metadata(&p).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+            assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000 + i as i64, 5));
+        }
+    }
+
+    #[test]
+    fn the_first_error_is_reported_and_later_files_are_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dirs(tmp.path(), &["d"]);
+        fs::write(tmp.path().join("d/taken"), b"lower layer").unwrap();
+        let pool = Pool::new(2);
+        pool.send(0, job(&ds[0], "fine", b"1", 0o600, 1)).unwrap();
+        pool.send(0, job(&ds[0], "taken", b"2", 0o600, 1)).unwrap();
+        match pool.wait() {
+            Err(UnpackError::Io {
+                layer,
+                entry,
+                op,
+                source,
+            }) => {
+                assert_eq!(
+                    (layer.as_str(), entry.as_str(), op),
+                    ("sha256:test", "layer/path/taken", "create")
+                );
+                assert_eq!(source.raw_os_error(), Some(libc::EEXIST));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(pool.failed());
+        assert_eq!(
+            fs::read(tmp.path().join("d/taken")).unwrap(),
+            b"lower layer"
+        );
+        assert_eq!(fs::read(tmp.path().join("d/fine")).unwrap(), b"1");
+        // After a failure the writers only drain their queues.
+        pool.send(1, job(&ds[0], "later", b"3", 0o600, 1)).unwrap();
+        pool.wait().unwrap();
+        assert!(!tmp.path().join("d/later").exists());
+    }
+
+    #[test]
+    fn without_writer_threads_files_are_written_on_the_calling_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dirs(tmp.path(), &["d"]);
+        let pool = Pool::new(0);
+        pool.send(7, job(&ds[0], "f", b"inline", 0o600, 1)).unwrap();
+        // Written before `send` returned: no wait needed.
+        assert_eq!(fs::read(tmp.path().join("d/f")).unwrap(), b"inline");
+        let err = pool.send(7, job(&ds[0], "f", b"again", 0o600, 1));
+        assert!(matches!(err, Err(UnpackError::Io { op: "create", .. })));
+    }
+
+    #[test]
+    fn dropping_the_pool_finishes_the_queued_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dirs(tmp.path(), &["d"]);
+        let pool = Pool::new(2);
+        for i in 0..50 {
+            pool.send(i, job(&ds[0], &format!("f{i}"), b"x", 0o600, 1))
+                .unwrap();
+        }
+        drop(pool);
+        assert_eq!(fs::read_dir(tmp.path().join("d")).unwrap().count(), 50);
+    }
+}
