@@ -14,9 +14,9 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
@@ -310,68 +310,11 @@ pub fn mkdir(p: &Path, mode: u32) -> Result<(), RuntimeError> {
 }
 
 /// A user namespace whose root is `ids` on the host, as a descriptor for id-mapped mounts.
-/// Made by a short-lived child (fork is fine: pysandbox is single-threaded here).
 pub fn userns_fd(ids: HostIds) -> Result<OwnedFd, RuntimeError> {
-    let err = host_err(
+    sys::mount::idmap_userns(ids.uid, ids.gid).map_err(host_err(
         "creating the id mapping for the sandbox's mounts",
         "run as root with CAP_SYS_ADMIN",
-    );
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 with a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: fresh descriptors.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: getpid cannot fail.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: single-threaded; the child only calls unshare/prctl/getppid/write/pause.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-                1
-            } else {
-                0
-            };
-            // Die with pysandbox, even when it is killed before it kills us (set after
-            // the unshare, a credential change that clears it; then check it was not
-            // too late).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            libc::write(w.as_raw_fd(), (&ok as *const u8).cast(), 1);
-            // Stay alive until the parent has opened our namespace and kills us.
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    drop(w);
-    let result = (|| {
-        let mut b = [0u8; 1];
-        let n = nix::unistd::read(r.as_raw_fd(), &mut b).map_err(io::Error::from)?;
-        if n != 1 || b[0] != 1 {
-            return Err(io::Error::other("child could not create a user namespace"));
-        }
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        sys::write_existing(&proc.join("uid_map"), format!("0 {} 1", ids.uid).as_bytes())?;
-        sys::write_existing(&proc.join("gid_map"), format!("0 {} 1", ids.gid).as_bytes())?;
-        let f = fs::File::open(proc.join("ns/user"))?;
-        Ok(OwnedFd::from(f))
-    })();
-    drop(r);
-    // SAFETY: reaping our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    result.map_err(err)
+    ))
 }
 
 /// What to stage and how.
@@ -424,7 +367,8 @@ impl Staging<'_> {
                 empty
             }
         };
-        match mount_overlay(self.base, &[&lower, &second], None, target, self.rootless) {
+        match sys::mount::mount_overlay(self.base, &[&lower, &second], None, target, self.rootless)
+        {
             Ok(()) => Ok(None),
             Err(e) => {
                 if let Some(m) = mount_point
@@ -508,64 +452,4 @@ impl Staging<'_> {
         })?;
         sys::attach_mount(&mnt, target).map_err(stage)
     }
-}
-
-/// Mounts an overlay at `target` (nosuid, nodev) from layers inside `base`, named
-/// relative to it: the options the sandbox sees in /proc/self/mountinfo then hold no
-/// host path (and no caller's runtime directory). `upper` is (upperdir, workdir); with
-/// none the overlay is read-only. In a user namespace of pysandbox's own its whiteouts
-/// and opaque markers use `user.` xattrs (`userxattr`).
-pub fn mount_overlay(
-    base: &Path,
-    lowers: &[&Path],
-    upper: Option<(&Path, &Path)>,
-    target: &Path,
-    rootless: bool,
-) -> io::Result<()> {
-    let rel = |p: &Path| -> io::Result<String> {
-        // A layer outside `base` (an image build's layer on disk) keeps its full path.
-        let s = p
-            .strip_prefix(base)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned();
-        // Overlay's option syntax: ',' separates options, ':' layers, '\\' escapes.
-        if s.is_empty() || s.contains([',', ':', '\\']) {
-            return Err(io::Error::other("unusable layer name"));
-        }
-        Ok(s)
-    };
-    let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect::<Result<_, _>>()?;
-    let mut opts = format!("lowerdir={}", lower.join(":"));
-    if let Some((up, work)) = upper {
-        // No redirects or metadata-only copy-ups: whatever the script changes is whole
-        // in the upper layer (a renamed folder is copied up), which is what the output
-        // merge and an image build's layer read.
-        opts.push_str(&format!(
-            ",upperdir={},workdir={},redirect_dir=nofollow,metacopy=off",
-            rel(up)?,
-            rel(work)?
-        ));
-    }
-    if rootless {
-        opts.push_str(",userxattr");
-    }
-    // Relative layer names resolve against the working directory at mount time.
-    let cwd = nix::fcntl::open(
-        ".",
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    // SAFETY: a descriptor nix just returned, owned here.
-    let cwd = unsafe { OwnedFd::from_raw_fd(cwd) };
-    nix::unistd::chdir(base)?;
-    let r = mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(opts.as_str()),
-    );
-    nix::unistd::fchdir(cwd.as_raw_fd())?;
-    r.map_err(io::Error::from)
 }

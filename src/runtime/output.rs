@@ -528,7 +528,7 @@ fn writable_overlay(
     if let Some(ids) = upper_owner {
         std::os::unix::fs::chown(upper, Some(ids.uid), Some(ids.gid)).map_err(stage_err(upper))?;
     }
-    host::mount_overlay(stage.base, &[lower], Some((upper, work)), target, stage.rootless).map_err(
+    sys::mount::mount_overlay(stage.base, &[lower], Some((upper, work)), target, stage.rootless).map_err(
         |e| RuntimeError::Host {
         step: "mounting an overlay",
         source: e,

@@ -191,6 +191,35 @@ pub(crate) fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()
     Ok(())
 }
 
+/// Sets atime and mtime to `sec`.`nsec`: of `fd` itself, or of `name` in directory `fd`
+/// (never following a symlink).
+pub(crate) fn set_times(
+    fd: BorrowedFd,
+    name: Option<&CStr>,
+    sec: i64,
+    nsec: i64,
+) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    };
+    let times = [ts, ts];
+    match name {
+        // SAFETY: live descriptor, a two-element timespec array.
+        None => cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?,
+        // SAFETY: as above, plus a valid C string.
+        Some(n) => cvt(unsafe {
+            libc::utimensat(
+                fd.as_raw_fd(),
+                n.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?,
+    };
+    Ok(())
+}
+
 /// Names in a directory (without `.` and `..`), with their `d_type`.
 pub(crate) fn list_dir(dir: BorrowedFd) -> io::Result<Vec<(CString, u8)>> {
     // A private descriptor: fdopendir takes ownership and closedir closes it.

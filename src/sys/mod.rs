@@ -6,30 +6,18 @@
 mod caps;
 pub mod fs;
 pub mod lock;
+pub mod mount;
 pub use caps::drop_all_capabilities;
+pub use mount::{
+    MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    attach_mount, clone_mount, set_mount_attr,
+};
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
-pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 #[repr(C)]
 struct OpenHow {
@@ -49,81 +37,6 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
-}
-
-/// `open_tree(fd, "", OPEN_TREE_CLONE|AT_EMPTY_PATH)`: a detached copy of the mount at
-/// `fd` (an `O_PATH` directory), recursive when `recursive`.
-pub fn clone_mount(fd: &OwnedFd, recursive: bool) -> io::Result<OwnedFd> {
-    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: the path is a valid empty C string, fd is a live descriptor; the kernel
-    // returns a new descriptor that we own.
-    let r = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags as libc::c_ulong,
-        )
-    })?;
-    // SAFETY: r is a fresh descriptor returned by the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-}
-
-/// `mount_setattr` on a detached mount: set `set` flags (MOUNT_ATTR_*), optionally an
-/// id-mapping taken from the user namespace `userns`.
-pub fn set_mount_attr(
-    mnt: &OwnedFd,
-    set: u64,
-    recursive: bool,
-    userns: Option<&OwnedFd>,
-) -> io::Result<()> {
-    let mut attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    if let Some(ns) = userns {
-        attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = ns.as_raw_fd() as u64;
-    }
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: attr is a properly laid out `struct mount_attr` living for the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            flags as libc::c_ulong,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
-    Ok(())
-}
-
-/// `move_mount(mnt, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached
-/// mount at `target`.
-pub fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
-    let t = cstr(target)?;
-    // SAFETY: both strings are valid C strings for the duration of the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH as libc::c_ulong,
-        )
-    })?;
-    Ok(())
 }
 
 /// `openat2(root, path, flags, RESOLVE_IN_ROOT)`: opens `path` as if `root` were `/`, so
@@ -166,7 +79,6 @@ pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
-/// `pidfd_open(pid, 0)`.
 /// Waits up to `limit` for `fd` to become readable (a pidfd: the process exited; a pipe:
 /// data or end of file). `false` when the time ran out.
 pub fn wait_readable(fd: &impl AsRawFd, limit: std::time::Duration) -> io::Result<bool> {
@@ -194,6 +106,7 @@ pub fn wait_readable(fd: &impl AsRawFd, limit: std::time::Duration) -> io::Resul
     }
 }
 
+/// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
     let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
