@@ -441,10 +441,8 @@ for i in range(1010):
 
 #[test]
 fn bad_allow_net_values_are_one_line_errors() {
-    if !available(Who::Root) {
-        return;
-    }
-    let dir = workdir(Who::Root);
+    let who = me();
+    let dir = workdir(who);
     put(dir.path(), "t.py", "print(1)\n");
     for (args, expect) in [
         (
@@ -472,7 +470,7 @@ fn bad_allow_net_values_are_one_line_errors() {
         let mut a = vec!["run"];
         a.extend(args.iter());
         a.push("t.py");
-        let o = run_in(Who::Root, dir.path(), &a, b"");
+        let o = run_in(who, dir.path(), &a, b"");
         assert_refused(&o, &format!("{args:?}"), expect);
     }
 }

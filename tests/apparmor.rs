@@ -91,8 +91,8 @@ fn setup_apparmor_refuses_ordinary_users_in_one_line() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Command::new(as_nobody()[0].clone());
-    c.args(&as_nobody()[1..])
+    let mut c = Command::new(as_user()[0].clone());
+    c.args(&as_user()[1..])
         .arg(bin())
         .args(["setup", "apparmor", "--dir"])
         .arg(dir.path());

@@ -2,8 +2,8 @@
 //!
 //! Each test runs one standard-library idiom inside a real sandbox (as root, as an
 //! ordinary user, and as that user inside `unshare -Ur`) AND with bare host python run
-//! as an unprivileged user (uid 65534), and compares: the bare run proves the test
-//! itself is right (STYLE 13). Where the sandbox must differ on purpose (it refuses
+//! as the ordinary user (uid 65534 when the tests run as root), and compares: the bare
+//! run proves the test itself is right (STYLE 13). Where the sandbox must differ on purpose (it refuses
 //! something), the test says so and checks the refusal is the clear one.
 
 #[macro_use]
@@ -15,12 +15,12 @@ use std::process::{Command, Output};
 /// The host interpreter for bare runs: Debian's, never a shim.
 const HOST_PYTHON: &str = "/usr/bin/python3";
 
-/// Runs `body` with bare host python as uid/gid 65534 (no groups, a scrubbed
-/// environment), in a fresh folder that user owns.
+/// Runs `body` with bare host python as the ordinary user (a scrubbed environment), in a
+/// fresh folder that user owns.
 fn bare(body: &str) -> Output {
     let dir = workdir(Who::User);
     put(dir.path(), "t.py", body);
-    let prefix = as_nobody();
+    let prefix = as_user();
     Command::new(&prefix[0])
         .args(&prefix[1..])
         .args([HOST_PYTHON, "-I", "t.py"])

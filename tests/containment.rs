@@ -24,7 +24,7 @@ fn report(o: &Output) -> Value {
     })
 }
 
-fn json_script(who: Who, body: &str, extra: &[&str]) -> (Value, tempfile::TempDir) {
+fn json_script(who: Who, body: &str, extra: &[&str]) -> (Value, WorkDir) {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     let (o, dir) = run_script(who, body, &args);
@@ -36,14 +36,7 @@ fn bare(who: Who, dir: &Path, body: &str) -> Output {
     let mut c = if matches!(who, Who::Root) {
         Command::new("/usr/bin/python3")
     } else {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-        ]);
-        c
+        user_command("/usr/bin/python3")
     };
     c.arg("-c").arg(body).current_dir(dir);
     c.stdin(Stdio::null()).output().unwrap()
@@ -215,7 +208,7 @@ fn hold(mut cmd: Command) -> (std::process::Child, u64) {
     (child, n)
 }
 
-/// The inotify tests of all modes share uid 65534's budget: one at a time.
+/// The inotify tests of all modes share the ordinary user's budget: one at a time.
 static INOTIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 each_mode!(per_user_inotify_budget_of_the_host_stays_untouched, |who| {
@@ -232,9 +225,8 @@ each_mode!(per_user_inotify_budget_of_the_host_stays_untouched, |who| {
     // The bare interpreter, as an ordinary user, exhausts that user's budget (the test
     // can fail). Not as root: root's budget is the whole host's daemons'.
     if who == Who::User {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["/usr/bin/python3", "-c", HOLD_INOTIFY]);
+        let mut c = user_command("/usr/bin/python3");
+        c.args(["-c", HOLD_INOTIFY]);
         let (mut bare_child, bare_n) = hold(c);
         let host_ok = host_user_inotify_works(who);
         drop(bare_child.stdin.take());
@@ -285,10 +277,10 @@ each_mode!(data_folder_locks_sockets_and_fifos_stay_private, |who| {
     let sock_path = dir.path().join("host.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
     listener.set_nonblocking(true).unwrap();
-    std::os::unix::fs::chown(&sock_path, Some(host_uid(who)), Some(host_uid(who))).unwrap();
+    chown_to(&sock_path, who);
     let fifo = dir.path().join("host.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
-    std::os::unix::fs::chown(&fifo, Some(host_uid(who)), Some(host_uid(who))).unwrap();
+    chown_to(&fifo, who);
     let probe = "import fcntl, os, socket, sys\n\
         f = open('lockme'); fcntl.flock(f, fcntl.LOCK_EX)\n\
         fcntl.lockf(open('lockme', 'rb'), fcntl.LOCK_SH)\n\
@@ -491,7 +483,7 @@ each_mode!(renaming_an_existing_output_folder_keeps_its_files, |who| {
     std::fs::create_dir_all(&old).unwrap();
     put(&old, "f", "kept");
     for p in [dir.path().join("output"), old.clone(), old.join("f")] {
-        std::os::unix::fs::chown(&p, Some(host_uid(who)), Some(host_uid(who))).unwrap();
+        chown_to(&p, who);
     }
     put(
         dir.path(),

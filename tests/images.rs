@@ -10,24 +10,21 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// The OCI layout of `common::python_layout`, made once per test process.
+/// The OCI layout of `common::python_layout`, made once per test process (in its shared
+/// folder, removed at exit).
 fn shared_layout() -> PathBuf {
-    static L: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static L: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     L.get_or_init(|| {
-        let d = tempfile::Builder::new()
-            .prefix("pysandbox-layout-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        python_layout(&d.path().join("layout"), "py:1");
+        let d = shared_dir("layout");
+        python_layout(&d.join("layout"), "py:1");
         // Readable by the unprivileged user too.
         let _ = std::process::Command::new("chmod")
             .args(["-R", "a+rX"])
-            .arg(d.path())
+            .arg(&d)
             .status();
-        d
+        d.join("layout")
     })
-    .path()
-    .join("layout")
+    .clone()
 }
 
 /// A private store for `who` (an XDG_DATA_HOME of its own), so tests do not share names.

@@ -221,10 +221,8 @@ each_mode!(repl_from_a_kept_run, |who| {
 
 #[test]
 fn interactive_needs_a_terminal() {
-    if !available(Who::Root) {
-        return;
-    }
-    let dir = workdir(Who::Root);
+    let who = me();
+    let dir = workdir(who);
     for (args, expect) in [
         (vec!["run", "-i"], "-i needs a terminal"),
         (
@@ -236,7 +234,7 @@ fn interactive_needs_a_terminal() {
             "-i cannot read the script from stdin",
         ),
     ] {
-        let o = run_in(Who::Root, dir.path(), &args, b"print(1)\n");
+        let o = run_in(who, dir.path(), &args, b"print(1)\n");
         assert_refused(&o, &format!("{args:?}"), expect);
     }
 }

@@ -129,10 +129,8 @@ each_mode!(kept_state_is_capped_and_prune_removes_all, |who| {
 
 #[test]
 fn bad_ids_and_combinations_are_refused() {
-    if !available(Who::Root) {
-        return;
-    }
-    let dir = workdir(Who::Root);
+    let who = me();
+    let dir = workdir(who);
     for (args, expect) in [
         (vec!["inspect", "../../etc"], "is not a run id"),
         (
@@ -148,7 +146,7 @@ fn bad_ids_and_combinations_are_refused() {
             "no kept run",
         ),
     ] {
-        let o = ps(Who::Root, dir.path(), &args);
+        let o = ps(who, dir.path(), &args);
         assert_refused(&o, &format!("{args:?}"), expect);
     }
 }

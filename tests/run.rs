@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 each_mode!(exit_status_and_streams, |who| {
@@ -324,7 +324,9 @@ fn locks_dir(who: Who) -> std::path::PathBuf {
     match who {
         Who::Root => std::path::PathBuf::from("/run/pysandbox/locks"),
         Who::RootInUserns => unreachable!("refused"),
-        Who::User | Who::UserInUserns => std::path::PathBuf::from("/tmp/pysandbox-65534/run/locks"),
+        Who::User | Who::UserInUserns => {
+            std::path::PathBuf::from(format!("/tmp/pysandbox-{}/run/locks", user_uid()))
+        }
     }
 }
 
@@ -551,7 +553,7 @@ fn default_image_is_built_once_atomically_and_rebuilt_when_python_changes() {
     let py_dir = workdir(Who::User);
     let py = py_dir.path().join("python3");
     std::fs::copy("/usr/bin/python3", &py).unwrap();
-    std::os::unix::fs::chown(&py, Some(NOBODY), Some(NOBODY)).unwrap();
+    chown_to_user(&py);
     let run = |tag: &str| {
         let dir = workdir(Who::User);
         let mut cmd = command(
@@ -623,13 +625,7 @@ fn read_only_data_folder_runs_without_output() {
     if !available(Who::User) {
         return;
     }
-    let dir = workdir(Who::Root);
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("data.txt"), "x").unwrap();
+    let dir = ReadOnlyDir::new(&[("data.txt", "x")]);
     let o = run_in(
         Who::User,
         dir.path(),
@@ -650,10 +646,9 @@ fn read_only_data_folder_runs_without_output() {
 /// the next run removes it once it is unlocked and a few seconds old, not before.
 #[test]
 fn stale_unnamed_lock_is_swept() {
-    if !available(Who::Root) {
-        return;
-    }
-    let locks = std::path::Path::new("/run/pysandbox/locks");
+    // As whoever runs the tests: root's runtime dir, or the ordinary user's.
+    let who = me();
+    let locks = &locks_dir(who);
     std::fs::create_dir_all(locks).unwrap();
     let old = locks.join(format!(".{}.tmp", unique("ps-test-old")));
     let fresh = locks.join(format!(".{}.tmp", unique("ps-test-fresh")));
@@ -676,8 +671,8 @@ fn stale_unnamed_lock_is_swept() {
         .unwrap()
         .set_modified(a_minute_ago)
         .unwrap();
-    let dir = workdir(Who::Root);
-    let o = run_in(Who::Root, dir.path(), &["run", "--code", "pass"], b"");
+    let dir = workdir(who);
+    let o = run_in(who, dir.path(), &["run", "--code", "pass"], b"");
     assert_code(&o, 0, "run");
     assert!(!old.exists(), "a stale unnamed lock was not swept");
     assert!(fresh.exists(), "a fresh unnamed lock was swept");
@@ -686,20 +681,11 @@ fn stale_unnamed_lock_is_swept() {
 each_mode!(
     output_elsewhere_needs_nothing_made_in_the_data_folder,
     |who| {
-        // A data folder the caller cannot write to (owned by root, 0755), and --output in a
+        // A data folder the caller cannot write to (owned by root, 0755, or the caller's own
+        // with mode 0555 when the tests run as an ordinary user), and --output in a
         // folder of the caller's: the sandbox shows output/ inside the data folder without a
         // mount point being made on the host.
-        let data = tempfile::Builder::new()
-            .prefix("pysandbox-ro-data-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(data.path().join("in.txt"), "data").unwrap();
-        std::fs::set_permissions(
-            data.path().join("in.txt"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+        let data = ReadOnlyDir::new(&[("in.txt", "data")]);
         let work = workdir(who);
         let out = work.path().join("results");
         put(

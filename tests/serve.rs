@@ -19,7 +19,7 @@ struct Server {
     base: String,
     /// `--pids N`, unique per server: finds its workers among other tests'.
     tag: String,
-    _dir: tempfile::TempDir,
+    _dir: WorkDir,
 }
 
 fn free_port() -> u16 {
@@ -44,7 +44,7 @@ impl Server {
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, format!("{TOKEN}\n{TOKEN2}\n")).unwrap();
         if matches!(who, Who::User | Who::UserInUserns) {
-            std::os::unix::fs::chown(&tokens, Some(NOBODY), Some(NOBODY)).unwrap();
+            chown_to_user(&tokens);
         }
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -336,13 +336,11 @@ each_mode!(endpoints_auth_and_bad_requests, |who| {
 
 #[test]
 fn a_public_address_needs_a_token() {
-    if !available(Who::Root) {
-        return;
-    }
-    let dir = workdir(Who::Root);
+    let who = me();
+    let dir = workdir(who);
     let port = free_port().to_string();
     let o = run_in(
-        Who::Root,
+        who,
         dir.path(),
         &["serve", "--listen", &format!("0.0.0.0:{port}")],
         b"",
@@ -350,12 +348,7 @@ fn a_public_address_needs_a_token() {
     assert_code(&o, 125, "serve on 0.0.0.0 without a token");
     assert!(stderr(&o).contains("without a token"), "{}", stderr(&o));
     std::fs::write(dir.path().join("short"), "abc\n").unwrap();
-    let o = run_in(
-        Who::Root,
-        dir.path(),
-        &["serve", "--token-file", "short"],
-        b"",
-    );
+    let o = run_in(who, dir.path(), &["serve", "--token-file", "short"], b"");
     assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
 }
 
@@ -551,15 +544,13 @@ fn ppid(pid: i32) -> i32 {
 #[test]
 fn an_unmodified_piston_client_works() {
     // aiopyston from PyPI (needs a package index; PYSANDBOX_TEST_NO_INDEX=1 skips).
-    if !available(Who::Root) {
-        return;
-    }
+    let who = me();
     if no_index() {
         return;
     }
     let venv = tempfile::tempdir().unwrap();
     let python = venv_with(venv.path(), &["aiopyston==1.2.1"]);
-    let s = Server::start(Who::Root, 141, &["--pool", "2"]);
+    let s = Server::start(who, 141, &["--pool", "2"]);
     let client = r#"
 import asyncio, sys
 from pyston import PystonClient, File
@@ -583,12 +574,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 #[test]
 fn answers_match_the_openapi_document() {
-    if !available(Who::Root) {
-        return;
-    }
+    let who = me();
     use common::schema::{check, load};
     let spec = load("openapi.yaml");
-    let s = Server::start(Who::Root, 151, &["--pool", "1"]);
+    let s = Server::start(who, 151, &["--pool", "1"]);
     let run = json!({"code": "print(1)", "args": ["a"], "env": {"A": "b"}, "timeout_ms": 5000});
     let piston = json!({"language": "python", "version": "*", "files": [{"name": "m.py", "content": "print(1)"}],
                         "stdin": "", "args": [], "run_timeout": 3000, "compile_timeout": 10000,
@@ -746,11 +735,9 @@ fn answers_match_the_openapi_document() {
 
 #[test]
 fn over_the_concurrency_cap_is_503_with_retry_after() {
-    if !available(Who::Root) {
-        return;
-    }
+    let who = me();
     let s = Server::start(
-        Who::Root,
+        who,
         161,
         &["--pool", "1", "--max-concurrent", "1", "--max-queue", "0"],
     );

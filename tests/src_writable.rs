@@ -139,17 +139,15 @@ each_mode!(dev_folder_writable_and_read_only_without_the_flag, |who| {
 
 #[test]
 fn src_writable_needs_a_source_folder() {
-    if !available(Who::Root) {
-        return;
-    }
-    let dir = workdir(Who::Root);
+    let who = me();
+    let dir = workdir(who);
     put(dir.path(), "t.py", "print(1)\n");
     for args in [
         vec!["run", "--src-writable", "--code", "print(1)"],
         vec!["run", "--src-writable", "--no-fs", "t.py"],
         vec!["run", "--src-writable", "-"],
     ] {
-        let o = run_in(Who::Root, dir.path(), &args, b"print(1)\n");
+        let o = run_in(who, dir.path(), &args, b"print(1)\n");
         assert_refused(
             &o,
             &format!("{args:?}"),
