@@ -7,7 +7,9 @@
 //! Must be called from a single-threaded process: libcontainer forks with raw `clone3`
 //! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
 
+mod attach;
 mod capture;
+mod command;
 mod executor;
 mod host;
 mod inputs;
@@ -21,7 +23,7 @@ mod terminal;
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,14 +40,16 @@ pub use host::{MIN_KERNEL, Mode};
 use crate::dirs;
 use crate::image::ResolvedImage;
 use crate::limits::{self, CgroupSupport};
-use crate::policy::{self, KILL_GRACE, Network, RunPolicy, Script};
+use crate::policy::{self, KILL_GRACE, Network, RunPolicy};
 use crate::report::RunReport;
 use crate::spec::{self, SpecInput};
 use crate::sys;
+use attach::{Attached, attach, warm_up};
 use capture::Capped;
+use command::{command, proxied};
 use inputs::{Inputs, input_err};
 use locks::{sweep, take_lock};
-use outcome::make_report;
+use outcome::{keep, make_report, merge_back};
 
 /// Errors of the runtime; each names the step and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -115,38 +119,6 @@ fn lc_err(step: &'static str) -> impl FnOnce(LibcontainerError) -> RuntimeError 
 
 /// Said in every report of a `--network=host` run.
 pub const HOST_NETWORK_WARNING: &str = "--network=host: the script shares the host's network, so it can reach the host's loopback services (127.0.0.1, ::1) and abstract unix sockets; use --network for a network of its own";
-
-/// The environment every script starts with (nothing of the caller's leaks in).
-pub const BASE_ENV: &[(&str, &str)] = &[
-    ("PATH", "/opt/conda/bin:/usr/local/bin:/usr/bin:/bin"),
-    ("HOME", spec::HOME_DIR),
-    ("USER", "mambauser"),
-    ("LOGNAME", "mambauser"),
-    ("LANG", "C.UTF-8"),
-    ("PYTHONDONTWRITEBYTECODE", "1"),
-];
-
-/// Variables the image's config may not set: who the script is and where its home is are
-/// pysandbox's (the unprivileged sandbox user, HOME on a tmpfs).
-const FORCED_ENV: &[&str] = &["HOME", "USER", "LOGNAME"];
-
-/// The script's environment: [`BASE_ENV`], then the image config's `Env` (its PATH,
-/// PYTHONPATH, VIRTUAL_ENV, LD_LIBRARY_PATH...) except [`FORCED_ENV`], then the user's
-/// `-e`. Each later one replaces an earlier variable of the same name.
-fn environment(image: &[(String, String)], user: &[(String, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = BASE_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let image = image
-        .iter()
-        .filter(|(k, _)| !FORCED_ENV.contains(&k.as_str()));
-    for (k, v) in image.chain(user) {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    env
-}
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -358,37 +330,6 @@ fn run_prepared(
     }
     drop(lock);
     result
-}
-
-/// The interpreter's command line and environment.
-fn command(r: &RunCtx) -> (Vec<String>, Vec<(String, String)>) {
-    let mut argv = vec![r.image.python.clone()];
-    if r.policy.interactive && r.policy.script != Script::Repl {
-        argv.push("-i".into());
-    }
-    match (&r.policy.script, &r.inputs.script_in_sandbox) {
-        (Script::Repl, _) => {}
-        (Script::Code(code), _) => {
-            argv.push("-c".into());
-            argv.push(code.clone());
-        }
-        (_, Some(path)) => argv.push(path.clone()),
-        (_, None) => unreachable!("a script file or source always has a path"),
-    }
-    argv.extend(r.policy.args.iter().cloned());
-    // The proxy's variables come before the user's -e, which may replace them.
-    let mut user_env = if proxied(r.policy) {
-        crate::net::proxy::environment()
-    } else {
-        Vec::new()
-    };
-    user_env.extend(r.policy.env.iter().cloned());
-    (argv, environment(&r.image.env, &user_env))
-}
-
-/// `--allow-net`: the sandbox reaches out only through pysandbox's proxy.
-fn proxied(policy: &RunPolicy) -> bool {
-    !policy.allow_net.rules.is_empty()
 }
 
 /// A created container whose init waits for the start signal, and pysandbox's ends of
@@ -616,74 +557,6 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     Ok(report)
 }
 
-/// What the merges back to the host did.
-struct Merges {
-    output: output::Merged,
-    source: output::Merged,
-    /// `--keep`: /tmp, HOME and a copy of the output into the kept run's folders.
-    kept: Vec<output::Merged>,
-}
-
-/// Merges the writable overlays back into their host folders, once the sandbox is dead.
-fn merge_back(staged: &stage::Staged) -> Merges {
-    let merge =
-        |o: &Option<output::OutputOverlay>| o.as_ref().map(|o| o.merge()).unwrap_or_default();
-    let mut kept = Vec::new();
-    if let Some(dir) = &staged.kept_dir {
-        kept.extend(
-            staged
-                .kept
-                .iter()
-                .map(output::OutputOverlay::merge_data_only),
-        );
-        if let Some(o) = &staged.overlay {
-            match sys::open_dir_nofollow(&dir.join("output")) {
-                Ok(fd) => kept.push(o.merge_to(fd.as_fd(), true)),
-                Err(_) => kept.push(output::Merged {
-                    failed: 1,
-                    ..Default::default()
-                }),
-            }
-        }
-    }
-    Merges {
-        output: merge(&staged.overlay),
-        source: merge(&staged.src_overlay),
-        kept,
-    }
-}
-
-/// `--keep`: records the kept run (its state is merged already).
-fn keep(r: &RunCtx, dir: &Path, kept_merged: &[output::Merged], report: &mut RunReport) {
-    let cap = r.policy.limits.output_cap();
-    for m in kept_merged {
-        report
-            .warnings
-            .extend(outcome::merge_warnings("kept", m, Some(dir), cap));
-    }
-    let run = crate::runs::KeptRun {
-        id: r.id.to_string(),
-        image: r.image.name.clone(),
-        ended: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        status: serde_json::to_value(report.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        exit_code: report.exit_code,
-        bytes: 0,
-    };
-    // The run itself went fine: a kept state that cannot be recorded (a `prune`
-    // meanwhile) is a warning, not a lost report.
-    if let Err(e) = crate::runs::finish(dir, &run) {
-        report
-            .warnings
-            .push(format!("the run could not be kept: {e}"));
-    }
-}
-
 /// Enters the run's namespaces (capping their budgets: the returned list names those
 /// that could not be) and stages its file system in the private tmpfs.
 fn enter_and_stage(
@@ -767,49 +640,6 @@ fn write_spec(
     Ok(())
 }
 
-/// What runs beside the sandbox, attached while its init waits for the start signal (so
-/// the script never runs without it): pasta (`--network`), the egress proxy
-/// (`--allow-net`, on the listening socket the init made in the sandbox's namespace;
-/// dropping it kills it), and `-i`'s terminal (the sandbox's master; the init kept no
-/// copy) with pysandbox's own in raw mode while `raw_mode` lives.
-struct Attached {
-    proxy: Option<crate::net::proxy::Proxy>,
-    pty: Option<OwnedFd>,
-    raw_mode: Option<terminal::RawMode>,
-}
-
-fn attach(r: &RunCtx, c: &Created) -> Result<Attached, RuntimeError> {
-    if let Some(pasta) = r.pasta {
-        connect(r, pasta, &c.status_r)?;
-        mark("network up");
-    }
-    let proxy = if proxied(r.policy) {
-        let listener = receive_fd(&c.status_r, b"proxy 0\n")?;
-        let run_as = match r.mode {
-            Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
-            Mode::Rootless => None,
-        };
-        let p = crate::net::proxy::start(listener, &r.policy.allow_net, run_as)?;
-        mark("proxy up");
-        Some(p)
-    } else {
-        None
-    };
-    let (pty, raw_mode) = if r.policy.interactive {
-        let master = receive_fd(&c.status_r, b"pty 0\n")?;
-        let raw =
-            terminal::RawMode::enter().map_err(io_err("putting your terminal in raw mode"))?;
-        (Some(master), Some(raw))
-    } else {
-        (None, None)
-    };
-    Ok(Attached {
-        proxy,
-        pty,
-        raw_mode,
-    })
-}
-
 /// The signals pysandbox blocks and reads from a signalfd while it supervises.
 fn relayed(policy: &RunPolicy) -> nix::sys::signal::SigSet {
     let mut relayed = supervise::relayed_set();
@@ -828,62 +658,6 @@ fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
     }
 }
 
-/// Starts pasta in the init's namespaces (sent by the executor).
-fn connect(r: &RunCtx, pasta: &Path, status: &OwnedFd) -> Result<(), RuntimeError> {
-    let (netns, pidns) = receive_namespaces(status)?;
-    let target = crate::net::Target {
-        netns,
-        pidns,
-        run_dir: &r.mnt.join("net"),
-        sandbox_ids: match r.mode {
-            Mode::Root { sandbox, .. } => Some((sandbox.uid, sandbox.gid)),
-            Mode::Rootless => None,
-        },
-    };
-    Ok(crate::net::start(pasta, &target)?)
-}
-
-/// How long a warm interpreter may take to start (an image's first start can be slow
-/// on a loaded host; a pool never waits for it on a claim).
-const WARM_START: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// A started warm sandbox: waits for its interpreter's "ready" byte, tells the pool,
-/// waits for the claim and stages the claim's files.
-fn warm_up(
-    out: &OwnedFd,
-    pidfd: &OwnedFd,
-    claim_dir: Option<&Path>,
-    w: &mut dyn Warm,
-) -> Result<Claim, RuntimeError> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let not_started = || input_err("the sandbox's interpreter did not start".into());
-    let mut fds = [
-        PollFd::new(out.as_fd(), PollFlags::POLLIN),
-        PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-    ];
-    let ms = PollTimeout::try_from(WARM_START.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-    match poll(&mut fds, ms) {
-        Ok(n) if n > 0 => {}
-        _ => return Err(not_started()),
-    }
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(out.as_raw_fd(), &mut byte) {
-        Ok(1) if byte[0] == 0x06 => {}
-        _ => return Err(not_started()),
-    }
-    mark("interpreter ready");
-    w.ready().map_err(io_err("announcing the sandbox"))?;
-    let claim = w
-        .claim(pidfd.as_fd())
-        .map_err(io_err("waiting for the run"))?
-        .ok_or_else(|| input_err("the sandbox was not claimed".into()))?;
-    mark("claimed");
-    if let Some(dir) = claim_dir {
-        stage::write_claim_files(dir, &claim.files)?;
-    }
-    Ok(claim)
-}
-
 /// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC
 /// counts it: one more process, so that the script keeps the --pids it was given.
 fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
@@ -899,65 +673,4 @@ fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
         }
     }
     out
-}
-
-/// The init's network and pid namespaces, sent by the executor before `build()` returned.
-fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let net = receive_fd(status, b"netns 0\n")?;
-    let pid = receive_fd(status, b"pidns 0\n")?;
-    Ok((net, pid))
-}
-
-/// One descriptor the executor sent with `tag` before `build()` returned.
-fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, RuntimeError> {
-    let step = "receiving the sandbox's namespaces and sockets";
-    // Already sent, before build() returned: never wait long for it.
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(status),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    if !matches!(nix::poll::poll(&mut fds, 2000u16), Ok(n) if n > 0) {
-        return Err(io_err(step)(io::Error::from(io::ErrorKind::TimedOut)));
-    }
-    let mut buf = [0u8; 16];
-    match sys::recv_with_fd(status.as_raw_fd(), &mut buf) {
-        Ok((n, Some(fd))) if buf[..n] == *tag => Ok(fd),
-        Ok(_) => Err(io_err(step)(io::Error::other(format!(
-            "the sandbox's init did not send {}",
-            String::from_utf8_lossy(tag).trim()
-        )))),
-        Err(e) => Err(io_err(step)(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn image_env_under_the_users_and_over_the_base() {
-        let image = kv(&[
-            ("PATH", "/opt/venv/bin:/usr/bin"),
-            ("VIRTUAL_ENV", "/opt/venv"),
-            ("HOME", "/root"),
-            ("USER", "root"),
-        ]);
-        let user = kv(&[("VIRTUAL_ENV", "/mine"), ("X", "1")]);
-        let env = environment(&image, &user);
-        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("PATH"), Some("/opt/venv/bin:/usr/bin"));
-        assert_eq!(get("VIRTUAL_ENV"), Some("/mine"));
-        assert_eq!(get("X"), Some("1"));
-        assert_eq!(get("HOME"), Some(spec::HOME_DIR));
-        assert_eq!(get("USER"), Some("mambauser"));
-        assert_eq!(get("LANG"), Some("C.UTF-8"));
-        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
-    }
 }

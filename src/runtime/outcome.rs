@@ -2,11 +2,13 @@
 //! whether the cgroup saw an OOM kill and whether the output folder filled up.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 
-use super::{HOST_NETWORK_WARNING, ResolvedImage, Status, output, supervise};
+use super::{HOST_NETWORK_WARNING, ResolvedImage, RunCtx, Status, output, stage, supervise};
 use crate::policy::{Network, RunPolicy};
 use crate::report::{Refusal, RunReport, RunStatus, SCHEMA_VERSION};
+use crate::sys;
 
 /// The report from what supervision saw, what the init reported, whether the cgroup saw
 /// an OOM kill and whether the output folder filled up.
@@ -154,4 +156,72 @@ pub(super) fn merge_warnings(
         ));
     }
     out
+}
+
+/// What the merges back to the host did.
+pub(super) struct Merges {
+    pub(super) output: output::Merged,
+    pub(super) source: output::Merged,
+    /// `--keep`: /tmp, HOME and a copy of the output into the kept run's folders.
+    pub(super) kept: Vec<output::Merged>,
+}
+
+/// Merges the writable overlays back into their host folders, once the sandbox is dead.
+pub(super) fn merge_back(staged: &stage::Staged) -> Merges {
+    let merge =
+        |o: &Option<output::OutputOverlay>| o.as_ref().map(|o| o.merge()).unwrap_or_default();
+    let mut kept = Vec::new();
+    if let Some(dir) = &staged.kept_dir {
+        kept.extend(
+            staged
+                .kept
+                .iter()
+                .map(output::OutputOverlay::merge_data_only),
+        );
+        if let Some(o) = &staged.overlay {
+            match sys::open_dir_nofollow(&dir.join("output")) {
+                Ok(fd) => kept.push(o.merge_to(fd.as_fd(), true)),
+                Err(_) => kept.push(output::Merged {
+                    failed: 1,
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+    Merges {
+        output: merge(&staged.overlay),
+        source: merge(&staged.src_overlay),
+        kept,
+    }
+}
+
+/// `--keep`: records the kept run (its state is merged already).
+pub(super) fn keep(r: &RunCtx, dir: &Path, kept_merged: &[output::Merged], report: &mut RunReport) {
+    let cap = r.policy.limits.output_cap();
+    for m in kept_merged {
+        report
+            .warnings
+            .extend(merge_warnings("kept", m, Some(dir), cap));
+    }
+    let run = crate::runs::KeptRun {
+        id: r.id.to_string(),
+        image: r.image.name.clone(),
+        ended: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        status: serde_json::to_value(report.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        exit_code: report.exit_code,
+        bytes: 0,
+    };
+    // The run itself went fine: a kept state that cannot be recorded (a `prune`
+    // meanwhile) is a warning, not a lost report.
+    if let Err(e) = crate::runs::finish(dir, &run) {
+        report
+            .warnings
+            .push(format!("the run could not be kept: {e}"));
+    }
 }
