@@ -5,7 +5,6 @@
 //! returns.
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub mod archive;
@@ -220,68 +219,43 @@ fn from_store(store: &store::Store, name: &str, digest: &str) -> Result<Resolved
 /// `--network`. Paths are resolved inside `root` (a symlink in the image can never lead
 /// out of it).
 pub fn add_mount_points(root: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
     let rootfd = sys::open_dir_nofollow(root)?;
+    let dir_in_root = |p: &Path| sys::open_in_root(&rootfd, p, libc::O_PATH | libc::O_DIRECTORY);
     let mut wanted: Vec<&str> = REQUIRED_MOUNT_POINTS.to_vec();
     wanted.push("/etc");
     for m in wanted {
         let mut at = PathBuf::from("/");
         for comp in Path::new(m).components().skip(1) {
             let next = at.join(comp);
-            if sys::open_in_root(&rootfd, &next, libc::O_PATH | libc::O_DIRECTORY).is_err() {
-                let parent = sys::open_in_root(&rootfd, &at, libc::O_PATH | libc::O_DIRECTORY)?;
+            if dir_in_root(&next).is_err() {
+                let parent = dir_in_root(&at)?;
                 let name = std::ffi::CString::new(comp.as_os_str().as_bytes())
                     .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
                 let mode = if m == "/tmp" { 0o1777 } else { 0o755 };
-                // SAFETY: mkdirat relative to a directory descriptor resolved in the root.
-                if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::AlreadyExists {
-                        return Err(e);
-                    }
+                match sys::fs::mkdirat(parent.as_fd(), &name, mode) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
                 }
             }
             at = next;
         }
     }
-    let etc = sys::open_in_root(&rootfd, Path::new("/etc"), libc::O_PATH | libc::O_DIRECTORY)?;
-    // SAFETY: fstatat without following, on a descriptor resolved in the root.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let missing = unsafe {
-        libc::fstatat(
-            etc.as_raw_fd(),
-            c"resolv.conf".as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0;
-    if missing {
-        // SAFETY: create-only, never following.
-        let fd = unsafe {
-            libc::openat(
-                etc.as_raw_fd(),
-                c"resolv.conf".as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: closing the descriptor we just opened.
-            unsafe { libc::close(fd) };
+    let etc = dir_in_root(Path::new("/etc"))?;
+    if sys::fs::fstatat(etc.as_fd(), c"resolv.conf").is_err() {
+        // Create-only, never following; one that appeared meanwhile is fine.
+        if let Ok(f) = sys::fs::create_file(etc.as_fd(), c"resolv.conf") {
+            sys::fs::fchmod(f.as_fd(), 0o644)?;
         }
     }
     Ok(())
 }
 
 fn fstat_in(root: &std::os::fd::OwnedFd, path: &str) -> Option<libc::stat> {
+    use std::os::fd::AsFd;
     let fd = sys::open_in_root(root, Path::new(path), libc::O_PATH).ok()?;
-    // SAFETY: zeroed stat is a valid out-buffer; fd is live.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
-    (r == 0).then_some(st)
+    sys::fs::fstat(fd.as_fd()).ok()
 }
 
 fn is_executable_in(root: &std::os::fd::OwnedFd, path: &str) -> bool {

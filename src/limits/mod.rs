@@ -457,8 +457,11 @@ pub fn remove_stale_cgroups(id: &str) -> Vec<PathBuf> {
     for dir in cgroup_dirs(id) {
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: plain kill(2) on a pid read from this run's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // A pid read from this run's own cgroup.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         let mut ok = false;

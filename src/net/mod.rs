@@ -91,10 +91,9 @@ pub fn preflight(as_root: bool) -> Result<PathBuf, NetError> {
         return Err(NetError::NoTun);
     }
     if !as_root {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(Path::new(TUN).as_os_str().as_bytes()).unwrap_or_default();
-        // SAFETY: access(2) on a valid C string; it checks the real ids, i.e. the caller.
-        if unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
+        use nix::unistd::{AccessFlags, access};
+        // access(2) checks the real ids, i.e. the caller.
+        if access(Path::new(TUN), AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
             return Err(NetError::TunDenied {
                 mode: meta.mode() & 0o7777,
             });

@@ -2,7 +2,6 @@
 //! change: the script (a file, its folder, or staged source), the data and output folders
 //! (made and checked here, never followed through a symlink), and stdin.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -191,12 +190,8 @@ impl Inputs {
 /// Whether the caller may create entries in `dir` (access(2): real ids, ACLs, read-only
 /// file systems).
 fn writable(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    use nix::unistd::{AccessFlags, access};
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
 }
 
 /// Creates the output folder if missing; refuses symlinks and non-folders. As root for a

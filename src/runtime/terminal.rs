@@ -18,8 +18,8 @@ fn host() -> BorrowedFd<'static> {
 
 /// Whether pysandbox's stdin is a terminal.
 pub fn stdin_is_terminal() -> bool {
-    // SAFETY: isatty on a descriptor number.
-    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
 }
 
 /// (rows, columns) of pysandbox's terminal; 24x80 when it has none.

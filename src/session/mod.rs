@@ -237,8 +237,11 @@ impl Session {
     fn shut(&mut self) {
         if self.ended.is_none() {
             // SIGTERM: pysandbox relays it and tears the sandbox down cleanly.
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            // Our own child, not reaped yet: the pid is still its.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = self.child.try_wait() {
