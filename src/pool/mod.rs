@@ -16,27 +16,19 @@
 //! Variables the interpreter reads when it starts (PYTHON*, LC_*, LANG, LD_*...) cannot
 //! be set on a started interpreter: such a request gets a worker started for it.
 
-mod wire;
+pub(crate) mod wire;
 pub mod worker;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use wire::{WireClaim, applies_at_claim, b64};
-
-/// Decodes standard base64.
-pub fn unb64(s: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| format!("not valid base64: {e}"))
-}
+pub use wire::{WireClaim, applies_at_claim, b64, unb64};
 
 use crate::report::{PoolRun, RunReport};
-use crate::sandbox::{RunRequest, Sandbox, SandboxError};
+use crate::sandbox::{
+    RunRequest, Sandbox, SandboxError, Worker, run_once, start_worker, startup_env,
+};
 
 /// The interpreter's side of a pooled sandbox (run with `-c`).
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
@@ -87,14 +79,6 @@ pub struct PoolStats {
     pub starting: usize,
 }
 
-/// A started worker: its interpreter waits for the claim.
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    born: Instant,
-}
-
 struct State {
     idle: VecDeque<Worker>,
     starting: usize,
@@ -118,150 +102,6 @@ struct Inner {
 pub struct Pool {
     inner: Arc<Inner>,
     refill: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Runs `req` in a sandbox started for it (the path of requests with files in
-/// [`Sandbox::run`], and of a pool's cold starts).
-pub(crate) fn run_once(sandbox: &Sandbox, req: &RunRequest) -> Result<RunReport, SandboxError> {
-    let t0 = Instant::now();
-    let w = start_worker(sandbox, &startup_env(req))?;
-    w.claim(sandbox, req, t0, false)
-}
-
-fn startup_env(req: &RunRequest) -> Vec<(String, String)> {
-    req.env
-        .iter()
-        .filter(|(k, _)| !applies_at_claim(k))
-        .cloned()
-        .collect()
-}
-
-fn start_worker(sandbox: &Sandbox, env: &[(String, String)]) -> Result<Worker, SandboxError> {
-    let mut child = sandbox.spawn(sandbox.worker_command(env), Stdio::null())?;
-    let stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let mut first = String::new();
-    let _ = stdout.read_line(&mut first);
-    if first != "ready\n" {
-        let _ = child.kill();
-        let _ = child.wait();
-        // Before it is ready a worker says why it failed as a report.
-        let why = serde_json::from_str::<RunReport>(&first)
-            .ok()
-            .and_then(|r| r.error)
-            .unwrap_or_else(|| "exited before its sandbox was ready".into());
-        return Err(SandboxError::Helper(why));
-    }
-    Ok(Worker {
-        child,
-        stdin,
-        stdout,
-        born: Instant::now(),
-    })
-}
-
-impl Worker {
-    /// Whether the worker is still waiting (it writes nothing until claimed: anything
-    /// readable, or end of file, means it died).
-    fn alive(&self) -> bool {
-        self.stdout.buffer().is_empty()
-            && matches!(
-                crate::sys::wait_readable(self.stdout.get_ref(), Duration::ZERO),
-                Ok(false)
-            )
-    }
-
-    fn retire(mut self) {
-        drop(self.stdin); // the worker ends its sandbox and exits
-        std::thread::spawn(move || {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        });
-    }
-
-    fn claim(
-        mut self,
-        sandbox: &Sandbox,
-        req: &RunRequest,
-        t0: Instant,
-        warm: bool,
-    ) -> Result<RunReport, SandboxError> {
-        let waited = t0.elapsed();
-        let timeout = req.timeout_or(sandbox.limits().timeout);
-        let claim = WireClaim {
-            code: req.code.clone(),
-            script: req.script.clone(),
-            files: req
-                .files
-                .iter()
-                .map(|(n, d)| (n.clone(), wire::b64(d)))
-                .collect(),
-            args: req.args.clone(),
-            env: req
-                .env
-                .iter()
-                .filter(|(k, _)| applies_at_claim(k))
-                .cloned()
-                .collect(),
-            stdin: wire::b64(&req.stdin),
-            timeout_ms: timeout.as_millis().max(1) as u64,
-            cwd_src: !req.files.is_empty(),
-        };
-        let mut line =
-            serde_json::to_vec(&claim).map_err(|e| SandboxError::Helper(e.to_string()))?;
-        line.push(b'\n');
-        let sent = self
-            .stdin
-            .write_all(&line)
-            .and_then(|()| self.stdin.flush());
-        let limit = timeout + crate::policy::KILL_GRACE + Duration::from_secs(30);
-        let answer = sent.and_then(|()| read_line_within(&mut self.stdout, limit));
-        let Worker { mut child, .. } = self;
-        // The worker tears its sandbox down after the report: reap it off this path.
-        std::thread::spawn(move || {
-            let _ = child.kill_if_overdue(limit);
-        });
-        let answer = answer.map_err(|e| SandboxError::Helper(format!("did not answer: {e}")))?;
-        let mut report: RunReport = serde_json::from_str(&answer)
-            .map_err(|e| SandboxError::Helper(format!("returned no report ({e})")))?;
-        report.pool = Some(PoolRun {
-            warm,
-            waited_ms: waited.as_millis() as u64,
-        });
-        Ok(report)
-    }
-}
-
-/// Reaps a worker that has answered; kills it if it has not exited by then.
-trait Reap {
-    fn kill_if_overdue(&mut self, limit: Duration) -> std::io::Result<()>;
-}
-
-impl Reap for Child {
-    fn kill_if_overdue(&mut self, limit: Duration) -> std::io::Result<()> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.kill();
-        self.wait().map(|_| ())
-    }
-}
-
-/// Reads one line, waiting at most `limit` for it to begin.
-fn read_line_within(r: &mut BufReader<ChildStdout>, limit: Duration) -> std::io::Result<String> {
-    if r.buffer().is_empty() && !crate::sys::wait_readable(r.get_ref(), limit)? {
-        return Err(std::io::ErrorKind::TimedOut.into());
-    }
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(line)
 }
 
 impl Pool {

@@ -42,7 +42,14 @@ pub fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-fn unb64(what: &str, s: &str) -> Result<Vec<u8>, PolicyError> {
+/// Decodes standard base64.
+pub fn unb64(s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("not valid base64: {e}"))
+}
+
+fn unb64_field(what: &str, s: &str) -> Result<Vec<u8>, PolicyError> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| PolicyError::Invalid(format!("{what} is not valid base64: {e}")))
@@ -80,7 +87,7 @@ impl WireClaim {
                     "file {name:?} is given twice"
                 )));
             }
-            files.push((name.clone(), unb64(&format!("file {name:?}"), data)?));
+            files.push((name.clone(), unb64_field(&format!("file {name:?}"), data)?));
         }
         let (mode, source) = match &self.script {
             Some(name) => {
@@ -127,7 +134,7 @@ impl WireClaim {
         let mut to_stdin = Vec::with_capacity(4 + body.len());
         to_stdin.extend_from_slice(&(body.len() as u32).to_le_bytes());
         to_stdin.extend_from_slice(&body);
-        to_stdin.extend_from_slice(&unb64("stdin", &self.stdin)?);
+        to_stdin.extend_from_slice(&unb64_field("stdin", &self.stdin)?);
         Ok(Decoded {
             to_stdin,
             files,

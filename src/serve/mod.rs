@@ -117,7 +117,7 @@ impl App {
                 app.pool.run(&c.req)
             } else {
                 let sb = app.cfg.sandbox.clone().memory(c.memory).pids(c.pids);
-                crate::pool::run_once(&sb, &c.req).map(|mut r| {
+                crate::sandbox::run_once(&sb, &c.req).map(|mut r| {
                     r.pool = Some(crate::report::PoolRun {
                         warm: false,
                         waited_ms: 0,

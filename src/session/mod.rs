@@ -84,7 +84,7 @@ pub struct Session {
 impl Session {
     /// Starts a session configured like `sandbox` that lives at most `lifetime`.
     pub fn open(sandbox: &Sandbox, lifetime: Duration) -> Result<Session, SessionError> {
-        let mut child = sandbox.spawn(sandbox.session_command(lifetime), Stdio::piped())?;
+        let mut child = sandbox.spawn(command(sandbox, lifetime), Stdio::piped())?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut s = Session {
@@ -210,7 +210,9 @@ impl Session {
 
     /// Writes a file in the session (relative paths: from its working directory, HOME).
     pub fn put_file(&mut self, path: &str, data: &[u8]) -> Result<(), SessionError> {
-        self.send(&serde_json::json!({"op": "put", "path": path, "data": crate::pool::b64(data)}))?;
+        self.send(
+            &serde_json::json!({"op": "put", "path": path, "data": crate::pool::wire::b64(data)}),
+        )?;
         let v = self.read_answer(Duration::from_secs(60))?;
         match v.get("error").and_then(Value::as_str) {
             Some(e) => Err(SessionError::Refused(e.to_string())),
@@ -226,7 +228,7 @@ impl Session {
             return Err(SessionError::Refused(e.to_string()));
         }
         let data = v.get("data").and_then(Value::as_str).unwrap_or("");
-        crate::pool::unb64(data).map_err(|e| SessionError::Ended(e.to_string()))
+        crate::pool::wire::unb64(data).map_err(|e| SessionError::Ended(e.to_string()))
     }
 
     /// Ends the session and destroys its sandbox.
@@ -259,4 +261,16 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.shut();
     }
+}
+
+/// `pysandbox run --no-fs` running the session's runner for at most `lifetime`, its
+/// streams passed through (they carry the session's protocol; each execution's own
+/// output is capped by the runner).
+fn command(sandbox: &Sandbox, lifetime: Duration) -> std::process::Command {
+    let mut c = sandbox
+        .clone()
+        .max_output(1 << 40)
+        .command_with(lifetime, false);
+    c.args(["--no-fs", "-e", "MPLBACKEND=Agg", "--code", RUNNER]);
+    c
 }

@@ -1,16 +1,14 @@
-//! The proxy's connections: the accept loop (one thread per connection, at most
-//! [`MAX_CONNECTIONS`]), the log every attempt goes into, opening an allowed connection
-//! (resolve, check each *resolved* address, connect to the one checked) and relaying
-//! bytes both ways. What a client asks for is read by [`super::request`].
+//! The proxy's connections: the log every attempt goes into, opening an allowed
+//! connection (resolve, check each *resolved* address, connect to the one checked) and
+//! relaying bytes both ways. What a client asks for is read by [`super::request`]; the
+//! accept loop is [`super::accept`].
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::request::{http, socks5};
-use super::{CONNECT_TIMEOUT, HEAD_TIMEOUT, MAX_ADDRS, MAX_CONNECTIONS, MAX_LOG, RELAY_BUF};
+use super::{CONNECT_TIMEOUT, MAX_ADDRS, MAX_LOG, RELAY_BUF};
 use crate::net::allow::{AllowList, Dest, canonical};
 use crate::report::NetConnection;
 
@@ -30,10 +28,19 @@ struct Log {
 pub(super) struct Shared {
     allow: AllowList,
     log: Mutex<Log>,
-    active: AtomicUsize,
+    /// Connections being handled now.
+    pub(super) active: AtomicUsize,
 }
 
 impl Shared {
+    pub(super) fn new(allow: AllowList) -> Shared {
+        Shared {
+            allow,
+            log: Mutex::new(Log::default()),
+            active: AtomicUsize::new(0),
+        }
+    }
+
     pub(super) fn entry(&self, protocol: &str) -> Arc<Entry> {
         let e = Arc::new(Entry {
             conn: Mutex::new(NetConnection {
@@ -58,7 +65,7 @@ impl Shared {
         e
     }
 
-    fn snapshot(&self) -> (Vec<NetConnection>, u64) {
+    pub(super) fn snapshot(&self) -> (Vec<NetConnection>, u64) {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let list = log
             .entries
@@ -80,65 +87,6 @@ impl Entry {
     }
 }
 
-/// The accept loop; returns when the stop pipe closes, after writing the log.
-pub(super) fn serve(listener: OwnedFd, stop: OwnedFd, log: OwnedFd, allow: AllowList) {
-    let listener = TcpListener::from(listener);
-    let _ = listener.set_nonblocking(true);
-    let shared = Arc::new(Shared {
-        allow,
-        log: Mutex::new(Log::default()),
-        active: AtomicUsize::new(0),
-    });
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on a valid array of two pollfds.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            continue;
-        }
-        if fds[1].revents != 0 {
-            break;
-        }
-        while let Ok((client, _)) = listener.accept() {
-            if shared.active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                shared.entry("unknown").update(|c| {
-                    c.reason = Some(format!(
-                        "more than {MAX_CONNECTIONS} connections at once through the proxy"
-                    ))
-                });
-                continue; // dropped: the client sees the connection closed
-            }
-            shared.active.fetch_add(1, Ordering::SeqCst);
-            let s = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .stack_size(256 * 1024)
-                .spawn(move || {
-                    handle(client, &s);
-                    s.active.fetch_sub(1, Ordering::SeqCst);
-                });
-            if let Err(e) = spawned {
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-                shared
-                    .entry("unknown")
-                    .update(|c| c.reason = Some(format!("the proxy could not take it: {e}")));
-            }
-        }
-    }
-    let out = serde_json::to_vec(&shared.snapshot()).unwrap_or_default();
-    let mut log = std::fs::File::from(log);
-    let _ = log.write_all(&out);
-}
-
 /// What went wrong with a request, and how to tell the client.
 pub(super) enum Failure {
     /// Malformed request (400 / SOCKS general failure).
@@ -153,25 +101,6 @@ impl Failure {
     pub(super) fn reason(&self) -> &str {
         match self {
             Failure::Bad(r) | Failure::Refused(r) | Failure::Unreachable(r, _) => r,
-        }
-    }
-}
-
-fn handle(client: TcpStream, shared: &Shared) {
-    let _ = client.set_read_timeout(Some(HEAD_TIMEOUT));
-    let _ = client.set_nodelay(true);
-    let mut first = [0u8; 1];
-    match client.peek(&mut first) {
-        Ok(1) => {}
-        _ => return, // closed without a request: nothing to log
-    }
-    match first[0] {
-        5 => socks5(client, shared),
-        b'A'..=b'Z' => http(client, shared),
-        _ => {
-            shared
-                .entry("unknown")
-                .update(|c| c.reason = Some("not HTTP nor SOCKS5".into()));
         }
     }
 }

@@ -31,9 +31,11 @@
 //! Must not: be started before the container exists (pysandbox forks), or outlive the
 //! run.
 //!
-//! This file starts and confines the proxy process; `conn` holds its connections (accept
-//! loop, log, allow-list check, relay), `request` what clients ask (HTTP, SOCKS5).
+//! This file starts and confines the proxy process; `accept` is its accept loop, `conn`
+//! holds its connections (log, allow-list check, relay), `request` what clients ask
+//! (HTTP, SOCKS5).
 
+mod accept;
 mod conn;
 mod request;
 
@@ -115,7 +117,7 @@ pub fn start(
             let keep = [listener.as_raw_fd(), stop_r.as_raw_fd(), log_w.as_raw_fd()];
             let code = match confine(&keep, parent, run_as) {
                 Ok(()) => {
-                    conn::serve(listener, stop_r, log_w, allow.clone());
+                    accept::serve(listener, stop_r, log_w, allow.clone());
                     0
                 }
                 Err(_) => 1,
