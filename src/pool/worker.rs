@@ -89,7 +89,7 @@ impl Warm for Stdio {
 pub fn run_worker(policy: &RunPolicy) -> i32 {
     let mut io = Stdio { answered: false };
     let result = runtime::prepare(policy)
-        .map_err(crate::Error::from)
+        .map_err(crate::error::Error::from)
         .and_then(|prepared| {
             let image = crate::image::resolve(&policy.image)?;
             Ok(prepared.run_warm(&image, &mut io)?)

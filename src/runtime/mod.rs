@@ -79,7 +79,7 @@ pub enum RuntimeError {
         source: io::Error,
     },
     // The modules below the runtime whose errors a run can meet (each keeps its own
-    // message; `crate::Error` takes them apart again).
+    // message; the library's error takes them apart again).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
