@@ -74,6 +74,9 @@ pub struct ExecPlan {
     pub parent_pidfd: RawFd,
     /// The syscall filter, installed right before the interpreter is forked.
     pub seccomp: crate::seccomp::Policy,
+    /// Send `time <step> <CLOCK_MONOTONIC ns>` lines at each step (`--log-level
+    /// pysandbox::timing=debug`), which pysandbox logs with its own phases.
+    pub timing: bool,
 }
 
 #[derive(Clone)]
@@ -143,6 +146,7 @@ fn write_file(path: &str, data: &str) -> Result<(), String> {
 
 impl ExecPlan {
     fn prepare(&self) -> Result<(), String> {
+        self.stamp(b"init-hook");
         scrub_own_cmdline();
         // SAFETY: PR_SET_NAME with a NUL-terminated buffer.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-init".as_ptr(), 0, 0, 0) };
@@ -283,6 +287,7 @@ impl ExecPlan {
 
     /// After the start signal: fork the interpreter, stay as init.
     fn run_init(&self) -> ! {
+        self.stamp(b"start-signal");
         // SAFETY: signal-mask and disposition setup on our own single-threaded process.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
@@ -317,6 +322,7 @@ impl ExecPlan {
                 unsafe { libc::_exit(126) };
             }
         }
+        self.stamp(b"seccomp-on");
         // SAFETY: single-threaded; the child only makes async-signal-safe calls below.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -367,6 +373,7 @@ impl ExecPlan {
             argv.push(std::ptr::null());
             envp.extend(self.envp.iter().map(|a| a.as_ptr()));
             envp.push(std::ptr::null());
+            self.stamp(b"execve");
             libc::execve(self.python.as_ptr(), argv.as_ptr(), envp.as_ptr());
             self.report(b"exec ", errno());
             libc::_exit(127);
@@ -404,6 +411,7 @@ impl ExecPlan {
                     if p != main {
                         continue;
                     }
+                    self.stamp(b"python-exited");
                     let code = if libc::WIFEXITED(st) {
                         let c = libc::WEXITSTATUS(st);
                         self.report(b"exit ", c);
@@ -422,18 +430,36 @@ impl ExecPlan {
         }
     }
 
+    /// With `timing`: `time <step> <ns>\n` (CLOCK_MONOTONIC), without allocating.
+    fn stamp(&self, step: &[u8]) {
+        if !self.timing {
+            return;
+        }
+        let mut tag = [0u8; 40];
+        let n = step.len().min(tag.len() - 6);
+        tag[..5].copy_from_slice(b"time ");
+        tag[5..5 + n].copy_from_slice(&step[..n]);
+        tag[5 + n] = b' ';
+        // SAFETY: clock_gettime into a stack timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        self.report(&tag[..6 + n], ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+    }
+
     /// Writes `<tag><n>\n` to the status socket without allocating.
-    fn report(&self, tag: &[u8], n: i32) {
-        let mut buf = [0u8; 32];
+    fn report(&self, tag: &[u8], n: impl Into<i64>) {
+        let n: i64 = n.into();
+        let mut buf = [0u8; 72];
         let mut len = 0;
         for &b in tag {
             buf[len] = b;
             len += 1;
         }
-        let mut digits = [0u8; 12];
+        let mut digits = [0u8; 20];
         let mut d = 0;
         let neg = n < 0;
-        let mut v = (n as i64).unsigned_abs();
+        let mut v = n.unsigned_abs();
         loop {
             digits[d] = b'0' + (v % 10) as u8;
             d += 1;
@@ -607,6 +633,10 @@ mod tests {
         assert_eq!(Status::parse(b"exec 2\n"), Some(Status::ExecFailed(2)));
         assert_eq!(Status::parse(b""), None);
         assert_eq!(Status::parse(b"garbage\n"), None);
+        assert_eq!(
+            Status::parse(b"time init-hook 123\ntime execve 456\nexit 0\ntime python-exited 789\n"),
+            Some(Status::Exited(0))
+        );
         assert_eq!(
             Status::parse(b"notify 0\nseccomp 22\nexit 126\n"),
             Some(Status::SeccompFailed(22))

@@ -98,15 +98,40 @@ pub enum RuntimeError {
 /// The phase "start" starts the clock, so every run in a process is timed from its own
 /// start (a process may run many sandboxes one after another).
 fn mark(phase: &str) {
-    thread_local! {
-        static T0: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-    }
-    let now = Instant::now();
+    let now = sys::monotonic_ns();
     if phase == "start" {
-        T0.set(Some(now));
+        T0_NS.set(now);
     }
-    let t0 = T0.get().unwrap_or(now);
-    tracing::debug!(target: "pysandbox::timing", "{phase}: {} us", (now - t0).as_micros());
+    let t0 = if T0_NS.get() == 0 { now } else { T0_NS.get() };
+    tracing::debug!(target: "pysandbox::timing", "{phase}: {} us", (now - t0) / 1000);
+}
+
+thread_local! {
+    /// CLOCK_MONOTONIC (ns) at the run's "start" mark: the sandbox's init stamps its
+    /// steps on the same clock.
+    static T0_NS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the phases are logged (then the sandbox's init stamps its steps too).
+fn timing() -> bool {
+    tracing::enabled!(target: "pysandbox::timing", tracing::Level::DEBUG)
+}
+
+/// Logs the steps the init stamped (`time <step> <ns>` on the status socket), on the
+/// run's clock.
+fn log_sandbox_stamps(status: &[u8]) {
+    if !timing() {
+        return;
+    }
+    let t0 = T0_NS.get();
+    for line in String::from_utf8_lossy(status).lines() {
+        let mut it = line.split_whitespace();
+        if let (Some("time"), Some(step), Some(ns)) = (it.next(), it.next(), it.next())
+            && let Ok(ns) = ns.parse::<i64>()
+        {
+            tracing::debug!(target: "pysandbox::timing", "sandbox: {step}: {} us", (ns - t0) / 1000);
+        }
+    }
 }
 
 fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -385,6 +410,7 @@ fn create(
         status_fd: status_w.as_raw_fd(),
         parent_pidfd: own_pidfd.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
+        timing: timing(),
     };
     let container = ContainerBuilder::new(r.id.to_string(), SyscallType::default())
         .with_executor(executor::SandboxExecutor::new(plan))
@@ -471,6 +497,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     };
     let mut timeout = policy.limits.timeout;
     let mut started = c.container.start().map_err(lc_err("starting the sandbox"));
+    mark("start signal sent");
     if let (Ok(()), Some(w)) = (&started, warm) {
         match warm_up(&from_stdout, &c.pidfd, staged.claim_dir.as_deref(), w) {
             Ok(claim) => {
@@ -508,6 +535,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     });
     // The sandbox is dead: bring its output home, and read what its cgroup saw.
     let merges = merge_back(&staged);
+    mark("merged back");
     let oom_kills = r.placement.oom_kills(r.id);
     // No libcontainer `delete`: its state lives in our private tmpfs (gone when we exit)
     // and the caller removes the cgroups; only a live init, on an error path, needs
@@ -516,6 +544,7 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
         supervise::kill_and_reap(&guard, c.init_pid);
     }
     let supervised = supervised?;
+    log_sandbox_stamps(&supervised.status);
     let status = Status::parse(&supervised.status);
     let described = policy::Limits {
         timeout,

@@ -144,6 +144,15 @@ pub fn random_id(prefix: &str) -> io::Result<String> {
     Ok(s)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (the same clock in every namespace of the host).
+pub fn monotonic_ns() -> i64 {
+    // SAFETY: a zeroed timespec is a valid out-buffer.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime into it; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 /// Effective uid/gid of this process.
 pub fn euid() -> u32 {
     // SAFETY: always succeeds.

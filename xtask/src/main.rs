@@ -567,7 +567,8 @@ fn phases(pysandbox: &Path, tmp: &Path, data: &Path, runs: usize) -> Result<()> 
                 continue; // warm-up (the default image may be built)
             }
             total.push(wall);
-            let mut prev = 0.0;
+            // In time order: the sandbox's own steps are logged after the run.
+            let mut stamps: Vec<(String, f64)> = Vec::new();
             for line in String::from_utf8_lossy(&out.stderr).lines() {
                 let Some(rest) = line.split("pysandbox::timing: ").nth(1) else {
                     continue;
@@ -578,18 +579,20 @@ fn phases(pysandbox: &Path, tmp: &Path, data: &Path, runs: usize) -> Result<()> 
                 let Ok(us) = us.trim_end_matches(" us").parse::<f64>() else {
                     continue;
                 };
-                if !order.iter().any(|p| p == phase) {
-                    order.push(phase.to_string());
+                stamps.push((phase.to_string(), us));
+            }
+            stamps.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let mut prev = 0.0;
+            for (phase, us) in stamps {
+                if !order.contains(&phase) {
+                    order.push(phase.clone());
                 }
-                samples
-                    .entry(phase.to_string())
-                    .or_default()
-                    .push((us - prev) / 1000.0);
+                samples.entry(phase).or_default().push((us - prev) / 1000.0);
                 prev = us;
             }
         }
         println!("\n{name}: median of {runs} runs of `pysandbox run --no-fs --code pass` (ms)\n");
-        println!("| phase (ends at) | median ms |\n|---|---:|");
+        println!("| phase (ends at; `sandbox:` = stamped inside) | median ms |\n|---|---:|");
         for p in &order {
             let mut v = samples[p].clone();
             v.sort_by(|a, b| a.total_cmp(b));
