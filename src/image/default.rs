@@ -18,7 +18,7 @@ use super::labels::{
     LABEL_DEFAULT_BUILDER, LABEL_DEFAULT_HOST_PYTHON, LABEL_DEFAULT_TRIGGERS, LABEL_PYTHON,
 };
 use super::store::{self, Store};
-use super::{ImageError, ResolvedImage, from_store};
+use super::{ImageError, ResolvedImage, from_store_config};
 use crate::dirs;
 use crate::sys;
 
@@ -65,7 +65,7 @@ pub fn host_python() -> Option<PathBuf> {
 
 /// The stored default image's manifest digest and Python version, if it is current
 /// for `python`.
-fn current(store: &Store, python: &Path) -> Option<(String, String)> {
+fn current(store: &Store, python: &Path) -> Option<Current> {
     let digest = store.resolve(DEFAULT_TAG).ok()??;
     let config = store.config(&store.manifest(&digest).ok()?).ok()?;
     let label = |k: &str| config["config"]["Labels"][k].as_str().map(str::to_string);
@@ -75,7 +75,19 @@ fn current(store: &Store, python: &Path) -> Option<(String, String)> {
     let fresh = builder == rootfs_builder::BUILDER_VERSION.to_string()
         && Path::new(&host) == python
         && stamps.iter().all(FileStamp::still_valid);
-    fresh.then(|| (digest, label(LABEL_PYTHON).unwrap_or_default()))
+    let version = label(LABEL_PYTHON).unwrap_or_default();
+    fresh.then_some(Current {
+        digest,
+        version,
+        config,
+    })
+}
+
+/// The stored default image, current for the host's interpreter.
+struct Current {
+    digest: String,
+    version: String,
+    config: serde_json::Value,
 }
 
 fn display_name(version: &str) -> String {
@@ -87,10 +99,10 @@ pub fn describe() -> Result<String, ImageError> {
     let python = host_python().ok_or(ImageError::NoHostPython)?;
     let store = Store::open_default()?;
     Ok(match current(&store, &python) {
-        Some((digest, version)) => format!(
+        Some(c) => format!(
             "{} in the image store ({}, tagged `{DEFAULT_TAG}`)",
-            display_name(&version),
-            &digest[..digest.len().min(19)]
+            display_name(&c.version),
+            &c.digest[..c.digest.len().min(19)]
         ),
         None => format!(
             "not built yet (or stale): the next run builds it from {}",
@@ -104,25 +116,32 @@ pub fn resolve() -> Result<ResolvedImage, ImageError> {
     let python = host_python().ok_or(ImageError::NoHostPython)?;
     let store = Store::open_default()?;
     // Fast path, every run: three small reads and a few stats.
-    let (digest, version) = match current(&store, &python) {
+    let found = match current(&store, &python) {
         Some(found) => found,
         None => {
             // One builder at a time per store; the others wait and reuse its result.
             let _lock = store.lock(".default.lock", libc::LOCK_EX)?;
             match current(&store, &python) {
                 Some(found) => found,
-                None => build(&store, &python)?,
+                None => {
+                    build(&store, &python)?;
+                    current(&store, &python).ok_or_else(|| ImageError::Invalid {
+                        path: store.root().to_owned(),
+                        why: "the default image just built is not current; report this as a bug"
+                            .into(),
+                    })?
+                }
             }
         }
     };
-    let mut img = from_store(&store, DEFAULT_TAG, &digest)?;
-    img.name = display_name(&version);
+    let mut img = from_store_config(&store, DEFAULT_TAG, &found.digest, &found.config)?;
+    img.name = display_name(&found.version);
     Ok(img)
 }
 
-/// Builds the default image into the store and tags it; returns its digest and Python
-/// version. A previous default image that nothing else uses is pruned.
-fn build(store: &Store, python: &Path) -> Result<(String, String), ImageError> {
+/// Builds the default image into the store and tags it. A previous default image that
+/// nothing else uses is pruned.
+fn build(store: &Store, python: &Path) -> Result<(), ImageError> {
     use std::io::IsTerminal;
     let build_err = |source| ImageError::Build {
         python: python.to_owned(),
@@ -139,7 +158,7 @@ fn build(store: &Store, python: &Path) -> Result<(String, String), ImageError> {
     let previous = store.resolve(DEFAULT_TAG).ok().flatten();
     let guard = store.write_guard()?; // no prune while blobs are written but untagged
     let tmp = store.tmp_path("default");
-    let result = (|| -> Result<(String, String), ImageError> {
+    let result = (|| -> Result<String, ImageError> {
         let tree = tmp.join("rootfs");
         let manifest = rootfs_builder::build_rootfs(&host, &tree).map_err(build_err)?;
         let layer_file = tmp.join("layer.tar");
@@ -185,18 +204,18 @@ fn build(store: &Store, python: &Path) -> Result<(String, String), ImageError> {
         let (md, _) = store.put_bytes(&rootfs_builder::oci::manifest_json((&cd, cs), &layers))?;
         store.adopt_rootfs(&md, &tree)?;
         store.tag(DEFAULT_TAG, &md)?;
-        Ok((md, host.version.clone()))
+        Ok(md)
     })();
     let _ = sys::fs::remove_path(&tmp);
     drop(guard);
-    let (digest, version) = result?;
+    let digest = result?;
     if previous.is_some_and(|p| p != digest) {
         // The previous default image is untagged now: free its space unless the store
         // is busy (then `pysandbox image prune` does it later).
         let _ = store.try_prune();
     }
     remove_side_cache();
-    Ok((digest, version))
+    Ok(())
 }
 
 fn store_io(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {

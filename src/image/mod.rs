@@ -84,6 +84,12 @@ const PYTHON_CANDIDATES: &[&str] = &[
 ];
 
 fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
+    rootfs_with(p, None)
+}
+
+/// A root file system directory; its interpreter looked for along `path_var` (the
+/// image's PATH) first.
+fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageError> {
     let invalid = |why: String| ImageError::Invalid {
         path: p.to_owned(),
         why,
@@ -96,7 +102,7 @@ fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
     }
     let root = sys::open_dir_nofollow(&fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?)
         .map_err(|e| invalid(e.to_string()))?;
-    let python = find_python(&root, None).ok_or_else(|| {
+    let python = find_python(&root, path_var).ok_or_else(|| {
         invalid(format!(
             "no Python interpreter at any of {}",
             PYTHON_CANDIDATES.join(", ")
@@ -193,20 +199,25 @@ fn imported(path: &Path) -> Result<ResolvedImage, ImageError> {
 }
 
 fn from_store(store: &store::Store, name: &str, digest: &str) -> Result<ResolvedImage, ImageError> {
-    let env = config_env(&store.config(&store.manifest(digest)?)?);
+    let config = store.config(&store.manifest(digest)?)?;
+    from_store_config(store, name, digest, &config)
+}
+
+/// [`from_store`] with the image's config read already.
+fn from_store_config(
+    store: &store::Store,
+    name: &str,
+    digest: &str,
+    config: &serde_json::Value,
+) -> Result<ResolvedImage, ImageError> {
+    let env = config_env(config);
     let guard = store.rootfs(digest, &store::NoProgress)?;
-    let mut img = rootfs_dir(&guard.path)?;
     let path_var = env
         .iter()
         .rev()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
-    if path_var.is_some()
-        && let Ok(root) = sys::open_dir_nofollow(&img.rootfs)
-        && let Some(python) = find_python(&root, path_var)
-    {
-        img.python = python;
-    }
+    let mut img = rootfs_with(&guard.path, path_var)?;
     img.env = env;
     img.name = name.to_string();
     img.digest = Some(digest.to_string());
