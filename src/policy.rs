@@ -447,6 +447,29 @@ pub fn parse_size(s: &str) -> Result<u64, PolicyError> {
     Ok(v as u64)
 }
 
+/// Writes a size as the command line does (`512M`, `1G`): the largest binary unit that
+/// divides it exactly, else bytes. [`parse_size`] reads it back (sizes above 0).
+pub fn format_size(n: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// Writes a duration as the command line does (`60s`, `500ms`): whole seconds, else
+/// whole milliseconds, else fractional seconds. [`parse_duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 /// A relative path of plain names only (no `/` at the start, no `.` or `..`, no NUL),
 /// at most 16 deep and 4 KiB long: what a request may name a file it puts in a sandbox.
 pub fn is_plain_relative(p: &std::path::Path) -> bool {
@@ -515,6 +538,33 @@ mod tests {
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         for bad in ["", "M", "12Q", "-5M", "0"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_as_the_command_line_shows_them() {
+        // `--help` shows these: they must read back as the defaults themselves.
+        assert_eq!(format_duration(DEFAULT_TIMEOUT), "60s");
+        assert_eq!(format_size(DEFAULT_MEMORY), "512M");
+        assert_eq!(format_size(DEFAULT_OUTPUT_LIMIT), "1G");
+        assert_eq!(format_size(DEFAULT_MAX_OUTPUT), "10M");
+        assert_eq!(
+            parse_duration(&format_duration(DEFAULT_TIMEOUT)).unwrap(),
+            DEFAULT_TIMEOUT
+        );
+        for n in [DEFAULT_MEMORY, DEFAULT_OUTPUT_LIMIT, DEFAULT_MAX_OUTPUT] {
+            assert_eq!(parse_size(&format_size(n)).unwrap(), n);
+        }
+        for n in [1, 1000, 1024, 1536, 64 << 10, 3 << 40] {
+            assert_eq!(parse_size(&format_size(n)).unwrap(), n, "{n}");
+        }
+        for d in [
+            Duration::from_millis(500),
+            Duration::from_millis(1500),
+            Duration::from_secs(120),
+            Duration::from_micros(2500),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{d:?}");
         }
     }
 

@@ -14,7 +14,11 @@ pub(super) struct McpArgs {
     #[arg(long, value_name = "DUR", default_value = "30s")]
     timeout: String,
     /// Memory limit of each sandbox (a session's whole life).
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value_t = policy::format_size(policy::DEFAULT_MEMORY)
+    )]
     memory: String,
     /// Process limit of each sandbox.
     #[arg(long, value_name = "N", default_value_t = policy::DEFAULT_PIDS)]

@@ -18,10 +18,18 @@ pub(super) struct RunArgs {
     image: Option<String>,
     /// Wall-clock limit, e.g. 500ms, 10s, 2m. On expiry: SIGTERM, then SIGKILL after 1s;
     /// exit status 124.
-    #[arg(long, value_name = "DUR", default_value = "60s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        default_value_t = policy::format_duration(policy::DEFAULT_TIMEOUT)
+    )]
     timeout: String,
     /// Memory limit, e.g. 256M, 1G.
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value_t = policy::format_size(policy::DEFAULT_MEMORY)
+    )]
     memory: String,
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N", default_value_t = policy::DEFAULT_PIDS)]
@@ -32,11 +40,19 @@ pub(super) struct RunArgs {
     /// Cap on what the output folder may put on the host: data blocks, and at least 4 KiB
     /// per entry (the script gets ENOSPC beyond). Never more than --memory: the folder is
     /// held in memory until the run ends.
-    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value_t = policy::format_size(policy::DEFAULT_OUTPUT_LIMIT)
+    )]
     output_limit: String,
     /// Cap on each of stdout and stderr: beyond it the head and the tail are kept and the
     /// middle is dropped (and counted).
-    #[arg(long, value_name = "SIZE", default_value = "10M")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value_t = policy::format_size(policy::DEFAULT_MAX_OUTPUT)
+    )]
     max_output: String,
     /// Refuse to run when a limit could only be approximated on this host (e.g. memory
     /// through RLIMIT_AS instead of a cgroup).

@@ -347,26 +347,110 @@ fn build_in(
     work: &Path,
     progress: &dyn Progress,
 ) -> Result<Built, BuildError> {
-    let (src, layer, data) = (work.join("src"), work.join("layer"), work.join("data"));
-    for d in [&src, &layer, &data] {
-        fs::create_dir_all(d).map_err(io_err("creating the build directory"))?;
+    let stage = StageDirs::create(work)?;
+    stage.write_inputs(env)?;
+    run_stage(allow_net, base, &stage, progress)?;
+    let packages = resolved_packages(&stage.data);
+    progress.start("packing the image layer", None);
+    let new_layer = conda_layer(store, &stage.layer)?;
+    progress.finish();
+
+    let mut layers = base.layers.clone();
+    if let Some(netbase) = netbase_layer(base, store, work)? {
+        layers.push(netbase);
     }
-    fs::write(src.join("build.py"), BUILD_SCRIPT).map_err(io_err("writing the build script"))?;
-    fs::write(
-        src.join("request.json"),
-        serde_json::to_vec(
-            &json!({"pip": env.pip_packages, "conda": env.conda, "channels": env.channels}),
+    layers.push(new_layer);
+    let pkg_list: Vec<String> = packages
+        .iter()
+        .map(|p| format!("{}=={}", p.name, p.version))
+        .collect();
+    let md = store_image(store, name, key, base, &layers, &pkg_list)?;
+    let lock = Lock {
+        image: name.to_string(),
+        digest: md.clone(),
+        python: base.python.clone(),
+        base: base.digest.clone(),
+        layers: layers.iter().map(|l| l.digest.clone()).collect(),
+        packages,
+    };
+    let lock_file = write_lock(env_file, &lock);
+    Ok(Built {
+        name: name.to_string(),
+        digest: md,
+        up_to_date: false,
+        layers: lock.layers,
+        packages: pkg_list,
+        lock_file,
+    })
+}
+
+/// The host directories the build stage mounts: `src` (the script, its request and pip),
+/// `layer` (the overlay over `/opt/conda`), `data` (pip's report comes out there).
+struct StageDirs {
+    src: PathBuf,
+    layer: PathBuf,
+    data: PathBuf,
+}
+
+impl StageDirs {
+    fn create(work: &Path) -> Result<StageDirs, BuildError> {
+        let dirs = StageDirs {
+            src: work.join("src"),
+            layer: work.join("layer"),
+            data: work.join("data"),
+        };
+        for d in [&dirs.src, &dirs.layer, &dirs.data] {
+            fs::create_dir_all(d).map_err(io_err("creating the build directory"))?;
+        }
+        Ok(dirs)
+    }
+
+    /// The build script, what it should install, and (for `pip:`) a copy of the host's pip.
+    fn write_inputs(&self, env: &EnvFile) -> Result<(), BuildError> {
+        let src = &self.src;
+        fs::write(src.join("build.py"), BUILD_SCRIPT)
+            .map_err(io_err("writing the build script"))?;
+        fs::write(
+            src.join("request.json"),
+            serde_json::to_vec(
+                &json!({"pip": env.pip_packages, "conda": env.conda, "channels": env.channels}),
+            )
+            .unwrap_or_default(),
         )
-        .unwrap_or_default(),
-    )
-    .map_err(io_err("writing the build request"))?;
-    if !env.pip_packages.is_empty() {
-        let python = image::host_python().ok_or(ImageError::NoHostPython)?;
-        let pip = host_pip(&python)?;
-        copy_tree(&pip.join("pip"), &src.join("pip").join("pip"))
-            .map_err(io_err(format!("copying pip from {}", pip.display())))?;
+        .map_err(io_err("writing the build request"))?;
+        if !env.pip_packages.is_empty() {
+            let python = image::host_python().ok_or(ImageError::NoHostPython)?;
+            let pip = host_pip(&python)?;
+            copy_tree(&pip.join("pip"), &src.join("pip").join("pip"))
+                .map_err(io_err(format!("copying pip from {}", pip.display())))?;
+        }
+        Ok(())
     }
-    // The build stage: this very binary, `run` with the build-only mount of /opt/conda.
+}
+
+/// Runs the build stage and waits for it.
+fn run_stage(
+    allow_net: &[String],
+    base: &Base,
+    stage: &StageDirs,
+    progress: &dyn Progress,
+) -> Result<(), BuildError> {
+    let mut cmd = stage_command(allow_net, base, stage)?;
+    progress.start("installing packages (build stage)", None);
+    let st = cmd.status().map_err(io_err("starting the build stage"))?;
+    progress.finish();
+    if !st.success() {
+        return Err(BuildError::Stage(st.to_string()));
+    }
+    Ok(())
+}
+
+/// The build stage: this very binary, `run` with the build-only mount of /opt/conda.
+fn stage_command(
+    allow_net: &[String],
+    base: &Base,
+    stage: &StageDirs,
+) -> Result<Command, BuildError> {
     let helper = crate::helper::Helper::find().ok_or_else(|| {
         io_err("finding the pysandbox binary")(io::Error::new(
             io::ErrorKind::NotFound,
@@ -388,11 +472,11 @@ fn build_in(
         .arg("--image")
         .arg(&base.rootfs)
         .arg("--conda-layer")
-        .arg(&layer)
+        .arg(&stage.layer)
         .arg("--dev")
-        .arg(&src)
+        .arg(&stage.src)
         .arg("--data")
-        .arg(&data)
+        .arg(&stage.data)
         .arg("--stdin")
         .arg("/dev/null");
     let proxy_at = PASSED_ENV.iter().position(|k| *k == PROXY_ENV);
@@ -405,15 +489,12 @@ fn build_in(
             cmd.arg("-e").arg(k);
         }
     }
-    cmd.arg(src.join("build.py"));
-    progress.start("installing packages (build stage)", None);
-    let st = cmd.status().map_err(io_err("starting the build stage"))?;
-    progress.finish();
-    if !st.success() {
-        return Err(BuildError::Stage(st.to_string()));
-    }
+    cmd.arg(stage.src.join("build.py"));
+    Ok(cmd)
+}
 
-    // What pip resolved.
+/// What pip resolved (from its `--report`), sorted; none when there is no report.
+fn resolved_packages(data: &Path) -> Vec<Locked> {
     let mut packages: Vec<Locked> = Vec::new();
     if let Ok(raw) = fs::read(data.join("output/report.json"))
         && let Ok(report) = serde_json::from_slice::<serde_json::Value>(&raw)
@@ -430,40 +511,57 @@ fn build_in(
         }
     }
     packages.sort();
+    packages
+}
 
-    // The new layer: only the upper directory, under opt/conda.
-    progress.start("packing the image layer", None);
+/// The new layer: only the overlay's upper directory, under opt/conda.
+fn conda_layer(store: &Store, layer: &Path) -> Result<LayerDigests, BuildError> {
     let xattr_prefix = if crate::sys::euid() == 0 && crate::sys::in_initial_userns() {
         "trusted."
     } else {
         "user."
     };
-    let tmp = store.tmp_path("layer");
+    put_layer(
+        store,
+        "layer",
+        &layer.join("upper"),
+        "opt/conda",
+        Source::OverlayUpper { xattr_prefix },
+        "packing the layer",
+    )
+}
+
+/// Packs `dir` as a layer (every path under `prefix`) into the store's blobs.
+fn put_layer(
+    store: &Store,
+    tmp_name: &str,
+    dir: &Path,
+    prefix: &str,
+    source: Source,
+    step: &str,
+) -> Result<LayerDigests, BuildError> {
+    let tmp = store.tmp_path(tmp_name);
     let f = io::BufWriter::with_capacity(
         1 << 20,
         fs::File::create(&tmp).map_err(io_err("creating the layer"))?,
     );
-    let new_layer = rootfs_builder::layer::write_layer(
-        &layer.join("upper"),
-        "opt/conda",
-        Source::OverlayUpper { xattr_prefix },
-        f,
-    )
-    .map_err(io_err("packing the layer"))?;
+    let d = rootfs_builder::layer::write_layer(dir, prefix, source, f).map_err(io_err(step))?;
     let mut r = fs::File::open(&tmp).map_err(io_err("reading the layer"))?;
-    store.put_blob(&mut r, Some((&new_layer.digest, new_layer.size)))?;
+    store.put_blob(&mut r, Some((&d.digest, d.size)))?;
     let _ = fs::remove_file(&tmp);
-    progress.finish();
+    Ok(d)
+}
 
-    let mut layers = base.layers.clone();
-    if let Some(netbase) = netbase_layer(base, store, work)? {
-        layers.push(netbase);
-    }
-    layers.push(new_layer);
-    let pkg_list: Vec<String> = packages
-        .iter()
-        .map(|p| format!("{}=={}", p.name, p.version))
-        .collect();
+/// Writes the image's config and manifest over `layers` and tags it `name`; returns the
+/// manifest digest.
+fn store_image(
+    store: &Store,
+    name: &str,
+    key: &str,
+    base: &Base,
+    layers: &[LayerDigests],
+    pkg_list: &[String],
+) -> Result<String, BuildError> {
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_BUILD_KEY.to_string(), key.to_string());
     labels.insert(LABEL_PACKAGES.to_string(), pkg_list.join(","));
@@ -475,35 +573,23 @@ fn build_in(
         working_dir: Some(crate::spec::DATA_DIR.into()),
         labels,
     };
-    let config = rootfs_builder::oci::config_json(&layers, &settings);
+    let config = rootfs_builder::oci::config_json(layers, &settings);
     let (cd, cs) = store.put_blob(&mut &config[..], None)?;
-    let manifest = rootfs_builder::oci::manifest_json((&cd, cs), &layers);
+    let manifest = rootfs_builder::oci::manifest_json((&cd, cs), layers);
     let (md, _) = store.put_blob(&mut &manifest[..], None)?;
     store.tag(name, &md)?;
+    Ok(md)
+}
 
-    let lock = Lock {
-        image: name.to_string(),
-        digest: md.clone(),
-        python: base.python.clone(),
-        base: base.digest.clone(),
-        layers: layers.iter().map(|l| l.digest.clone()).collect(),
-        packages: packages.clone(),
-    };
+/// The lock file next to the environment file; `None` when it cannot be written.
+fn write_lock(env_file: &Path, lock: &Lock) -> Option<PathBuf> {
     let lock_path = env_file.with_extension("lock.json");
-    let lock_file = fs::write(
+    fs::write(
         &lock_path,
-        serde_json::to_vec_pretty(&lock).unwrap_or_default(),
+        serde_json::to_vec_pretty(lock).unwrap_or_default(),
     )
     .ok()
-    .map(|_| lock_path);
-    Ok(Built {
-        name: name.to_string(),
-        digest: md,
-        up_to_date: false,
-        layers: lock.layers,
-        packages: pkg_list,
-        lock_file,
-    })
+    .map(|_| lock_path)
 }
 
 /// A layer with `/etc/services` and `/etc/protocols` (the host's netbase files, or
@@ -531,14 +617,15 @@ fn netbase_layer(
         fs::write(&dst, rootfs_builder::netbase_file(path, builtin))
             .map_err(io_err("creating the netbase layer"))?;
     }
-    let tmp = store.tmp_path("netbase-layer");
-    let f = io::BufWriter::new(fs::File::create(&tmp).map_err(io_err("creating the layer"))?);
-    let d = rootfs_builder::layer::write_layer(&tree, "", Source::Tree, f)
-        .map_err(io_err("packing the netbase layer"))?;
-    let mut r = fs::File::open(&tmp).map_err(io_err("reading the layer"))?;
-    store.put_blob(&mut r, Some((&d.digest, d.size)))?;
-    let _ = fs::remove_file(&tmp);
-    Ok(Some(d))
+    put_layer(
+        store,
+        "netbase-layer",
+        &tree,
+        "",
+        Source::Tree,
+        "packing the netbase layer",
+    )
+    .map(Some)
 }
 
 /// A label of a stored image's config.

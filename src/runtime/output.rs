@@ -236,7 +236,6 @@ impl MergeRun<'_> {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
         let kind = st.st_mode & libc::S_IFMT;
-        let host_raw = host.as_raw_fd();
         if kind == libc::S_IFCHR && st.st_rdev == 0 {
             // A whiteout: the script removed this entry.
             if remove_tree(host, name)? {
@@ -245,136 +244,186 @@ impl MergeRun<'_> {
             return Ok(());
         }
         if kind == libc::S_IFDIR {
-            if depth >= MAX_DEPTH {
-                self.m.dropped += 1;
-                return Ok(());
-            }
-            let src = open_dir_at(upper.as_fd(), name)?;
-            if self.overlay.is_opaque(&src) {
-                remove_tree(host, name)?; // the script replaced the folder wholesale
-            }
-            let mode = safe_mode(st.st_mode, true);
-            let dir = match open_dir_at(host, name) {
-                Ok(d) => d,
-                Err(_) => {
-                    if !self.charge(ENTRY_COST) {
-                        return Ok(());
-                    }
-                    open_or_make_dir(host, name, mode)?
-                }
-            };
-            self.chown(&dir);
-            self.dir(&src, dir.as_fd(), depth + 1);
-            // SAFETY: fchmod on a live descriptor.
-            unsafe { libc::fchmod(dir.as_raw_fd(), mode) };
-            return Ok(());
+            return self.merge_dir(upper, name, host, depth, &st);
         }
         // unlinkat of our own temporary name (leftover of a failed step).
         let _ = sys::fs::unlinkat(host, &self.tmp, 0);
         if kind == libc::S_IFREG {
-            if st.st_nlink > 1
-                && let Some(first) = self.links.get(&st.st_ino).map(|f| f.as_raw_fd())
-            {
+            self.merge_file(upper, name, host, &st)?;
+        } else if kind == libc::S_IFLNK {
+            self.merge_symlink(upper, name, host, depth)?;
+        }
+        // FIFOs, sockets and device nodes are not results: skipped.
+        Ok(())
+    }
+
+    /// A folder: made on the host if missing (charged as an entry), then merged into.
+    fn merge_dir(
+        &mut self,
+        upper: &OwnedFd,
+        name: &CString,
+        host: BorrowedFd,
+        depth: usize,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        if depth >= MAX_DEPTH {
+            self.m.dropped += 1;
+            return Ok(());
+        }
+        let src = open_dir_at(upper.as_fd(), name)?;
+        if self.overlay.is_opaque(&src) {
+            remove_tree(host, name)?; // the script replaced the folder wholesale
+        }
+        let mode = safe_mode(st.st_mode, true);
+        let dir = match open_dir_at(host, name) {
+            Ok(d) => d,
+            Err(_) => {
                 if !self.charge(ENTRY_COST) {
                     return Ok(());
                 }
-                let from = cstr(format!("/proc/self/fd/{first}").as_bytes())?;
-                // SAFETY: linkat through /proc/self/fd (no capability needed, unlike
-                // AT_EMPTY_PATH) to a temporary name in a directory descriptor.
-                if unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        from.as_ptr(),
-                        host_raw,
-                        self.tmp.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                } == 0
-                {
-                    self.replace(host_raw, name)?;
-                    self.m.files += 1;
-                    return Ok(());
-                }
-                self.m.bytes -= ENTRY_COST; // fall back to a copy, charged as one
+                open_or_make_dir(host, name, mode)?
             }
-            // What the upper layer holds is what the host will hold (holes stay holes).
-            let estimate = (st.st_blocks as u64 * 512).max(ENTRY_COST);
-            if !self.charge(estimate) {
-                return Ok(());
-            }
-            let from = fs::File::from(open_at(
-                upper.as_fd(),
-                name,
-                libc::O_RDONLY | libc::O_NOFOLLOW,
-                0,
-            )?);
-            let mode = safe_mode(st.st_mode, false) & if self.data_only { 0o666 } else { 0o777 };
-            let dst = fs::File::from(open_at(
-                host,
-                &self.tmp,
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                mode,
-            )?);
-            let written = copy_sparse(&from, &dst, st.st_size as u64).and_then(|()| {
-                let when = std::time::UNIX_EPOCH
-                    + std::time::Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32);
-                let _ = dst.set_modified(when);
-                self.chown(&dst);
-                // SAFETY: fchmod on a live descriptor (umask-free final mode).
-                unsafe { libc::fchmod(dst.as_raw_fd(), mode) };
-                dst.metadata()
-            });
-            let actual = match written {
-                Ok(meta) => (meta.blocks() * 512).max(ENTRY_COST),
-                Err(e) => {
-                    // removing our temporary name.
-                    let _ = sys::fs::unlinkat(host, &self.tmp, 0);
-                    self.m.bytes -= estimate;
-                    return Err(e);
-                }
-            };
-            // The host may count more than the upper layer did (no holes there, say).
-            self.m.bytes -= estimate;
-            if !self.charge(actual) {
-                // removing our temporary name.
-                let _ = sys::fs::unlinkat(host, &self.tmp, 0);
-                return Ok(());
-            }
-            self.replace(host_raw, name)?;
-            self.m.files += 1;
-            if st.st_nlink > 1 && self.links.len() < MAX_LINKED {
-                self.links.insert(st.st_ino, dst);
-            }
-        } else if kind == libc::S_IFLNK {
+        };
+        self.chown(&dir);
+        self.dir(&src, dir.as_fd(), depth + 1);
+        // SAFETY: fchmod on a live descriptor.
+        unsafe { libc::fchmod(dir.as_raw_fd(), mode) };
+        Ok(())
+    }
+
+    /// A regular file: a further hard link to a file merged already, else a copy.
+    fn merge_file(
+        &mut self,
+        upper: &OwnedFd,
+        name: &CString,
+        host: BorrowedFd,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        let host_raw = host.as_raw_fd();
+        if st.st_nlink > 1
+            && let Some(first) = self.links.get(&st.st_ino).map(|f| f.as_raw_fd())
+        {
             if !self.charge(ENTRY_COST) {
                 return Ok(());
             }
-            let target = nix::fcntl::readlinkat(Some(upper.as_raw_fd()), name.as_c_str())?;
-            if !stays_inside(Path::new(&target), depth) {
-                // A link out of the folder would be a trap for whatever later writes to
-                // or reads through it on the host (~/.ssh/authorized_keys...).
-                self.m.bytes -= ENTRY_COST;
-                self.m.escaping_links += 1;
+            let from = cstr(format!("/proc/self/fd/{first}").as_bytes())?;
+            // SAFETY: linkat through /proc/self/fd (no capability needed, unlike
+            // AT_EMPTY_PATH) to a temporary name in a directory descriptor.
+            if unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    host_raw,
+                    self.tmp.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            } == 0
+            {
+                self.replace(host_raw, name)?;
+                self.m.files += 1;
                 return Ok(());
             }
-            let t = cstr(target.as_bytes())?;
-            sys::fs::symlinkat(&t, host, &self.tmp)?;
-            if let Some(ids) = self.overlay.owner {
-                // SAFETY: fchownat without following the new link.
-                unsafe {
-                    libc::fchownat(
-                        host_raw,
-                        self.tmp.as_ptr(),
-                        ids.uid,
-                        ids.gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-            }
-            self.replace(host_raw, name)?;
-            self.m.files += 1;
+            self.m.bytes -= ENTRY_COST; // fall back to a copy, charged as one
         }
-        // FIFOs, sockets and device nodes are not results: skipped.
+        self.copy_file(upper, name, host, st)
+    }
+
+    /// Copies a file under the temporary name, charged first by what the upper layer
+    /// holds, then by what the host counts; renamed over `name` only if it fits.
+    fn copy_file(
+        &mut self,
+        upper: &OwnedFd,
+        name: &CString,
+        host: BorrowedFd,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        // What the upper layer holds is what the host will hold (holes stay holes).
+        let estimate = (st.st_blocks as u64 * 512).max(ENTRY_COST);
+        if !self.charge(estimate) {
+            return Ok(());
+        }
+        let from = fs::File::from(open_at(
+            upper.as_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )?);
+        let mode = safe_mode(st.st_mode, false) & if self.data_only { 0o666 } else { 0o777 };
+        let dst = fs::File::from(open_at(
+            host,
+            &self.tmp,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            mode,
+        )?);
+        let written = copy_sparse(&from, &dst, st.st_size as u64).and_then(|()| {
+            let when = std::time::UNIX_EPOCH
+                + std::time::Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32);
+            let _ = dst.set_modified(when);
+            self.chown(&dst);
+            // SAFETY: fchmod on a live descriptor (umask-free final mode).
+            unsafe { libc::fchmod(dst.as_raw_fd(), mode) };
+            dst.metadata()
+        });
+        let actual = match written {
+            Ok(meta) => (meta.blocks() * 512).max(ENTRY_COST),
+            Err(e) => {
+                // removing our temporary name.
+                let _ = sys::fs::unlinkat(host, &self.tmp, 0);
+                self.m.bytes -= estimate;
+                return Err(e);
+            }
+        };
+        // The host may count more than the upper layer did (no holes there, say).
+        self.m.bytes -= estimate;
+        if !self.charge(actual) {
+            // removing our temporary name.
+            let _ = sys::fs::unlinkat(host, &self.tmp, 0);
+            return Ok(());
+        }
+        self.replace(host.as_raw_fd(), name)?;
+        self.m.files += 1;
+        if st.st_nlink > 1 && self.links.len() < MAX_LINKED {
+            self.links.insert(st.st_ino, dst);
+        }
+        Ok(())
+    }
+
+    /// A symbolic link, unless it points outside the output folder.
+    fn merge_symlink(
+        &mut self,
+        upper: &OwnedFd,
+        name: &CString,
+        host: BorrowedFd,
+        depth: usize,
+    ) -> io::Result<()> {
+        if !self.charge(ENTRY_COST) {
+            return Ok(());
+        }
+        let target = nix::fcntl::readlinkat(Some(upper.as_raw_fd()), name.as_c_str())?;
+        if !stays_inside(Path::new(&target), depth) {
+            // A link out of the folder would be a trap for whatever later writes to
+            // or reads through it on the host (~/.ssh/authorized_keys...).
+            self.m.bytes -= ENTRY_COST;
+            self.m.escaping_links += 1;
+            return Ok(());
+        }
+        let t = cstr(target.as_bytes())?;
+        sys::fs::symlinkat(&t, host, &self.tmp)?;
+        let host_raw = host.as_raw_fd();
+        if let Some(ids) = self.overlay.owner {
+            // SAFETY: fchownat without following the new link.
+            unsafe {
+                libc::fchownat(
+                    host_raw,
+                    self.tmp.as_ptr(),
+                    ids.uid,
+                    ids.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+        }
+        self.replace(host_raw, name)?;
+        self.m.files += 1;
         Ok(())
     }
 

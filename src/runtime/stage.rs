@@ -32,154 +32,244 @@ pub(super) fn stage(
     map_ns: Option<&std::os::fd::OwnedFd>,
     warm: bool,
 ) -> Result<Staged, RuntimeError> {
-    let (policy, inputs, mode, mnt) = (r.policy, r.inputs, r.mode, r.mnt);
-    let bundle = mnt.join("bundle");
-    let mut warnings = Vec::new();
-    let rootfs = bundle.join("rootfs");
-    host::mkdir(&rootfs, 0o755)?;
-    warnings.extend(stage.read_only_view(&r.image.rootfs, &rootfs, false, None)?);
-
-    let mut binds = Vec::new();
-    let mut claim_dir = None;
-    let mut bind = |source: PathBuf, dest: &'static str, writable: bool| {
-        binds.push(Bind {
-            source,
-            dest,
-            writable,
-        })
-    };
-    // Writable host folders (output/, and the source folder with --src-writable): an
-    // overlay over a read-only view, its upper layer a capped tmpfs merged back after.
-    let (upper_owner, new_file_owner) = match mode {
-        Mode::Root {
-            sandbox, caller, ..
-        } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
-        Mode::Rootless => (None, None),
-    };
-    let writable_capped = |host_dir: &Path, name: &str, cap: u64| {
-        let t = bundle.join(name);
-        host::mkdir(&t, 0o755)?;
-        let o = output::OutputOverlay::stage(
-            stage,
-            host_dir,
-            &t,
-            &mnt.join(name),
-            cap,
-            upper_owner,
-            new_file_owner,
-        )?;
-        Ok::<_, RuntimeError>((t, o))
-    };
-    let writable =
-        |host_dir: &Path, name: &str| writable_capped(host_dir, name, policy.limits.output_cap());
-    // --keep: /tmp and HOME over the kept run's (empty) folders, merged into them after
-    // the run; --from: over a kept run's folders, never merged. Capped like the tmpfs
-    // they replace (the binds come after those mounts and cover them).
-    let kept_dir = if policy.keep {
-        Some(crate::runs::create(r.id).map_err(|e| super::inputs::input_err(e.to_string()))?)
-    } else {
-        None
-    };
-    let mut kept = Vec::new();
-    if let Some(state) = kept_dir.as_ref().or(policy.from.as_ref()) {
-        let l = &policy.limits;
-        for (name, dest, cap) in [
-            ("tmp", "/tmp", l.tmp_size()),
-            ("home", spec::HOME_DIR, l.home_size()),
-        ] {
-            let (t, o) = writable_capped(&state.join(name), name, cap)?;
-            kept.push(o);
-            bind(t, dest, true);
-        }
-    }
-    let mut src_overlay = None;
-    if let Some(src) = &inputs.src_dir {
-        if policy.src_writable {
-            let (t, o) = writable(src, "src")?;
-            src_overlay = Some(o);
-            warnings.push(format!(
-                "--src-writable: the script can modify its own source folder {}: its changes are written back when it ends",
-                src.display()
-            ));
-            bind(t, spec::SRC_DIR, true);
-        } else {
-            let t = bundle.join("src");
-            host::mkdir(&t, 0o755)?;
-            warnings.extend(stage.read_only_view(src, &t, true, None)?);
-            bind(t, spec::SRC_DIR, false);
-        }
-    } else if let Some((name, body)) = &inputs.staged_script {
-        let t = bundle.join("script");
-        host::mkdir(&t, 0o755)?;
-        fs::write(t.join(name), body).map_err(io_err("staging the script"))?;
-        bind(t, spec::SRC_DIR, false);
-    } else if warm {
-        let t = bundle.join("script");
-        host::mkdir(&t, 0o755)?;
-        claim_dir = Some(t.clone());
-        bind(t, spec::SRC_DIR, false);
-    }
-    if let Some(data) = &inputs.data {
-        let t = bundle.join("data");
-        host::mkdir(&t, 0o755)?;
-        // With --output elsewhere, the data folder may have no output/ to mount it on.
-        let mount_point = inputs.output.is_some().then_some("output");
-        warnings.extend(stage.read_only_view(data, &t, true, mount_point)?);
-        bind(t, spec::DATA_DIR, false);
-    }
-    if let Some(layer) = &policy.conda_layer {
-        let t = bundle.join("conda");
-        host::mkdir(&t, 0o755)?;
-        output::stage_layer(
-            &host::Staging {
-                idmap: map_ns,
-                ..*stage
-            },
-            &r.image.rootfs.join("opt/conda"),
-            layer,
-            &t,
-            match mode {
-                Mode::Root { sandbox, .. } => Some(sandbox),
-                Mode::Rootless => None,
-            },
-        )?;
-        bind(t, "/opt/conda", true);
-    }
-    let mut overlay = None;
-    if let Some(out) = &inputs.output {
-        let (t, o) = writable(out, "output")?;
-        overlay = Some(o);
-        bind(t, spec::OUTPUT_DIR, true);
-    }
-    // Name resolution: the host's resolv.conf with the host's network; with pasta, one
-    // naming pasta's DNS forwarder (the host's resolvers may be loopback addresses,
-    // which are the sandbox's own loopback there).
-    if policy.network != Network::None
-        && rootfs.join("etc/resolv.conf").is_file()
-        && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
-            .ok()
-            .filter(|p| p.is_file())
-    {
-        let t = bundle.join("resolv.conf");
-        if policy.network == Network::Pasta {
-            let host = fs::read_to_string(&host_resolv).unwrap_or_default();
-            fs::write(&t, crate::net::resolv_conf(&host)).map_err(io_err("staging resolv.conf"))?;
-        } else {
-            fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
-            stage.file(&host_resolv, &t)?;
-        }
-        bind(t, "/etc/resolv.conf", false);
-    }
+    let mut s = Stager::new(r, stage)?;
+    // The binds are made in this order, which is the order of their mounts.
+    let (kept_dir, kept) = s.kept_folders()?;
+    let (src_overlay, claim_dir) = s.source_folder(warm)?;
+    s.data_folder()?;
+    s.conda_layer(map_ns)?;
+    let overlay = s.output_folder()?;
+    s.resolv_conf()?;
     Ok(Staged {
-        rootfs,
-        binds,
+        rootfs: s.rootfs,
+        binds: s.binds,
         overlay,
         src_overlay,
         kept_dir,
         kept,
-        warnings,
+        warnings: s.warnings,
         claim_dir,
     })
+}
+
+/// Staging in progress: the bundle's root file system, and the binds and warnings so far.
+struct Stager<'a> {
+    r: &'a RunCtx<'a>,
+    stage: &'a host::Staging<'a>,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    binds: Vec<Bind>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Stager<'a> {
+    /// Starts with the root file system: a read-only view of the image.
+    fn new(r: &'a RunCtx<'a>, stage: &'a host::Staging<'a>) -> Result<Self, RuntimeError> {
+        let bundle = r.mnt.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        host::mkdir(&rootfs, 0o755)?;
+        let warning = stage.read_only_view(&r.image.rootfs, &rootfs, false, None)?;
+        Ok(Stager {
+            r,
+            stage,
+            bundle,
+            rootfs,
+            binds: Vec::new(),
+            warnings: warning.into_iter().collect(),
+        })
+    }
+
+    fn bind(&mut self, source: PathBuf, dest: &'static str, writable: bool) {
+        self.binds.push(Bind {
+            source,
+            dest,
+            writable,
+        })
+    }
+
+    /// A new folder `name` of the bundle.
+    fn folder(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        let t = self.bundle.join(name);
+        host::mkdir(&t, 0o755)?;
+        Ok(t)
+    }
+
+    /// A writable host folder (output/, and the source folder with --src-writable): an
+    /// overlay over a read-only view, its upper layer a tmpfs of `cap` bytes merged back
+    /// after.
+    fn writable_capped(
+        &self,
+        host_dir: &Path,
+        name: &str,
+        cap: u64,
+    ) -> Result<(PathBuf, output::OutputOverlay), RuntimeError> {
+        let (upper_owner, new_file_owner) = match self.r.mode {
+            Mode::Root {
+                sandbox, caller, ..
+            } => (Some(sandbox), (caller.uid != 0).then_some(caller)),
+            Mode::Rootless => (None, None),
+        };
+        let t = self.folder(name)?;
+        let o = output::OutputOverlay::stage(
+            self.stage,
+            host_dir,
+            &t,
+            &self.r.mnt.join(name),
+            cap,
+            upper_owner,
+            new_file_owner,
+        )?;
+        Ok((t, o))
+    }
+
+    /// [`Stager::writable_capped`] at `--output-limit`.
+    fn writable(
+        &self,
+        host_dir: &Path,
+        name: &str,
+    ) -> Result<(PathBuf, output::OutputOverlay), RuntimeError> {
+        self.writable_capped(host_dir, name, self.r.policy.limits.output_cap())
+    }
+
+    /// --keep: /tmp and HOME over the kept run's (empty) folders, merged into them after
+    /// the run; --from: over a kept run's folders, never merged. Capped like the tmpfs
+    /// they replace (the binds come after those mounts and cover them).
+    fn kept_folders(
+        &mut self,
+    ) -> Result<(Option<PathBuf>, Vec<output::OutputOverlay>), RuntimeError> {
+        let policy = self.r.policy;
+        let kept_dir = if policy.keep {
+            Some(
+                crate::runs::create(self.r.id)
+                    .map_err(|e| super::inputs::input_err(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let mut kept = Vec::new();
+        if let Some(state) = kept_dir.as_ref().or(policy.from.as_ref()) {
+            let l = &policy.limits;
+            for (name, dest, cap) in [
+                ("tmp", "/tmp", l.tmp_size()),
+                ("home", spec::HOME_DIR, l.home_size()),
+            ] {
+                let (t, o) = self.writable_capped(&state.join(name), name, cap)?;
+                kept.push(o);
+                self.bind(t, dest, true);
+            }
+        }
+        Ok((kept_dir, kept))
+    }
+
+    /// `/usr/app/src`: the script's folder (read-only, or writable with --src-writable),
+    /// a staged script, or (`warm`) an empty folder filled at claim. Returns the source
+    /// folder's overlay and the claim folder.
+    fn source_folder(
+        &mut self,
+        warm: bool,
+    ) -> Result<(Option<output::OutputOverlay>, Option<PathBuf>), RuntimeError> {
+        let inputs = self.r.inputs;
+        let mut src_overlay = None;
+        let mut claim_dir = None;
+        if let Some(src) = &inputs.src_dir {
+            if self.r.policy.src_writable {
+                let (t, o) = self.writable(src, "src")?;
+                src_overlay = Some(o);
+                self.warnings.push(format!(
+                    "--src-writable: the script can modify its own source folder {}: its changes are written back when it ends",
+                    src.display()
+                ));
+                self.bind(t, spec::SRC_DIR, true);
+            } else {
+                let t = self.folder("src")?;
+                let w = self.stage.read_only_view(src, &t, true, None)?;
+                self.warnings.extend(w);
+                self.bind(t, spec::SRC_DIR, false);
+            }
+        } else if let Some((name, body)) = &inputs.staged_script {
+            let t = self.folder("script")?;
+            fs::write(t.join(name), body).map_err(io_err("staging the script"))?;
+            self.bind(t, spec::SRC_DIR, false);
+        } else if warm {
+            let t = self.folder("script")?;
+            claim_dir = Some(t.clone());
+            self.bind(t, spec::SRC_DIR, false);
+        }
+        Ok((src_overlay, claim_dir))
+    }
+
+    /// The data folder, read-only.
+    fn data_folder(&mut self) -> Result<(), RuntimeError> {
+        let inputs = self.r.inputs;
+        if let Some(data) = &inputs.data {
+            let t = self.folder("data")?;
+            // With --output elsewhere, the data folder may have no output/ to mount it on.
+            let mount_point = inputs.output.is_some().then_some("output");
+            let w = self.stage.read_only_view(data, &t, true, mount_point)?;
+            self.warnings.extend(w);
+            self.bind(t, spec::DATA_DIR, false);
+        }
+        Ok(())
+    }
+
+    /// The image build's writable `/opt/conda` (an overlay whose upper layer is a host
+    /// folder).
+    fn conda_layer(&mut self, map_ns: Option<&std::os::fd::OwnedFd>) -> Result<(), RuntimeError> {
+        let r = self.r;
+        if let Some(layer) = &r.policy.conda_layer {
+            let t = self.folder("conda")?;
+            output::stage_layer(
+                &host::Staging {
+                    idmap: map_ns,
+                    ..*self.stage
+                },
+                &r.image.rootfs.join("opt/conda"),
+                layer,
+                &t,
+                match r.mode {
+                    Mode::Root { sandbox, .. } => Some(sandbox),
+                    Mode::Rootless => None,
+                },
+            )?;
+            self.bind(t, "/opt/conda", true);
+        }
+        Ok(())
+    }
+
+    /// The output folder, writable and capped.
+    fn output_folder(&mut self) -> Result<Option<output::OutputOverlay>, RuntimeError> {
+        let Some(out) = &self.r.inputs.output else {
+            return Ok(None);
+        };
+        let (t, o) = self.writable(out, "output")?;
+        self.bind(t, spec::OUTPUT_DIR, true);
+        Ok(Some(o))
+    }
+
+    /// Name resolution: the host's resolv.conf with the host's network; with pasta, one
+    /// naming pasta's DNS forwarder (the host's resolvers may be loopback addresses,
+    /// which are the sandbox's own loopback there).
+    fn resolv_conf(&mut self) -> Result<(), RuntimeError> {
+        let network = self.r.policy.network;
+        if network != Network::None
+            && self.rootfs.join("etc/resolv.conf").is_file()
+            && let Some(host_resolv) = fs::canonicalize("/etc/resolv.conf")
+                .ok()
+                .filter(|p| p.is_file())
+        {
+            let t = self.bundle.join("resolv.conf");
+            if network == Network::Pasta {
+                let host = fs::read_to_string(&host_resolv).unwrap_or_default();
+                fs::write(&t, crate::net::resolv_conf(&host))
+                    .map_err(io_err("staging resolv.conf"))?;
+            } else {
+                fs::write(&t, b"").map_err(io_err("staging resolv.conf"))?;
+                self.stage.file(&host_resolv, &t)?;
+            }
+            self.bind(t, "/etc/resolv.conf", false);
+        }
+        Ok(())
+    }
 }
 
 /// Writes a claim's files into the (empty) folder that is `/usr/app/src` inside: plain

@@ -101,20 +101,131 @@ fn poll_timeout(until: Instant, now: Instant) -> libc::c_int {
     (ms + 1).min(i32::MAX as u128) as libc::c_int
 }
 
+/// The loop's state: what is still open, what waits to be written, what came back.
+struct Loop {
+    deadline: Instant,
+    phase: Phase,
+    timed_out: bool,
+    interrupted: Option<Signal>,
+    input_open: bool,
+    /// Bytes for the sandbox's stdin, read or given, not yet written.
+    pending: Vec<u8>,
+    /// `Input::Bytes`: the pipe closes once they are written.
+    given: bool,
+    out_open: bool,
+    err_open: bool,
+    /// A live sink was writable at the last poll.
+    out_writable: bool,
+    err_writable: bool,
+    buf: Vec<u8>,
+    status_open: bool,
+    status: Vec<u8>,
+    /// The seccomp listener the init sent on the status socket (`--seccomp-log`).
+    listener: Option<OwnedFd>,
+    refused: Vec<(i32, u64)>,
+}
+
+/// One poll: the array, and where each descriptor stands in it (`None`: not polled).
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    pid: usize,
+    sig: usize,
+    out_sink: Option<usize>,
+    err_sink: Option<usize>,
+    out: Option<usize>,
+    err: Option<usize>,
+    input: Option<usize>,
+    to_sandbox: Option<usize>,
+    status: Option<usize>,
+    listener: Option<usize>,
+}
+
+impl PollSet {
+    /// Waits until a descriptor is ready or `wake`; false when a signal interrupted it.
+    fn wait(&mut self, wake: Instant, now: Instant) -> io::Result<bool> {
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let n = unsafe {
+            libc::poll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                poll_timeout(wake, now),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn ready(&self, i: usize) -> bool {
+        self.fds[i].revents != 0
+    }
+
+    fn ready_at(&self, i: Option<usize>) -> bool {
+        i.is_some_and(|i| self.ready(i))
+    }
+
+    /// A sink not polled (not live), or live and writable.
+    fn sink_ok(&self, i: Option<usize>) -> bool {
+        i.is_none_or(|i| self.ready(i))
+    }
+}
+
 impl Supervisor {
     pub fn run(mut self, started: Instant) -> io::Result<Supervised> {
-        let deadline = started + self.timeout;
-        let mut phase = Phase::Running;
-        let mut timed_out = false;
-        let mut interrupted = None;
-        let mut input_open = !matches!(self.input, Input::None);
+        let mut l = self.start(started)?;
+        loop {
+            let now = Instant::now();
+            let Some(wake) = self.enforce_deadline(&mut l, now) else {
+                continue;
+            };
+            let mut p = self.poll_set(&l);
+            if !p.wait(wake, now)? {
+                continue;
+            }
+            if p.ready(p.sig) {
+                self.relay_signals(&mut l);
+            }
+            self.pump_outputs(&mut l, &p);
+            self.read_input(&mut l, &p);
+            self.write_input(&mut l, &p);
+            self.read_status(&mut l, &p);
+            self.answer_seccomp(&mut l, &p);
+            if p.ready(p.pid) {
+                break;
+            }
+        }
+        self.drain(&mut l);
+        let (wait_status, ru) = self.reap()?;
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        Ok(Supervised {
+            wait_status,
+            timed_out: l.timed_out,
+            interrupted: l.interrupted,
+            wall: started.elapsed(),
+            status: l.status,
+            refused: l.refused,
+            stdout: self.out_sink.finish(),
+            stderr: self.err_sink.finish(),
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            max_rss: ru.ru_maxrss as u64 * 1024,
+        })
+    }
+
+    /// The loop's first state; readies the sandbox's stdin pipe.
+    fn start(&mut self, started: Instant) -> io::Result<Loop> {
+        let input_open = !matches!(self.input, Input::None);
         if !input_open {
             self.to_sandbox = None;
         }
         if let Some(fd) = &self.to_sandbox {
             set_nonblocking(fd.as_raw_fd())?;
         }
-        let mut pending: Vec<u8> = match &mut self.input {
+        let pending: Vec<u8> = match &mut self.input {
             Input::Bytes(b) => std::mem::take(b),
             _ => Vec::new(),
         };
@@ -123,206 +234,240 @@ impl Supervisor {
         if given && pending.is_empty() {
             self.to_sandbox = None;
         }
-        let mut out_open = true;
-        let mut err_open = true;
-        let mut out_writable = true;
-        let mut err_writable = true;
-        let mut buf = vec![0u8; BUF];
-        let mut status_open = true;
-        let mut status = Vec::new();
-        let mut listener: Option<OwnedFd> = None;
-        let mut refused = Vec::new();
+        Ok(Loop {
+            deadline: started + self.timeout,
+            phase: Phase::Running,
+            timed_out: false,
+            interrupted: None,
+            input_open,
+            pending,
+            given,
+            out_open: true,
+            err_open: true,
+            out_writable: true,
+            err_writable: true,
+            buf: vec![0u8; BUF],
+            status_open: true,
+            status: Vec::new(),
+            listener: None,
+            refused: Vec::new(),
+        })
+    }
 
-        loop {
-            let now = Instant::now();
-            let wake = match phase {
-                Phase::Running => deadline,
-                Phase::Stopping(kill_at) => kill_at,
-                Phase::Killed => now + Duration::from_secs(3600),
-            };
-            if now >= wake {
-                match phase {
-                    Phase::Running => {
-                        timed_out = true;
-                        self.signal_init(libc::SIGTERM);
-                        phase = Phase::Stopping(now + self.grace);
-                    }
-                    Phase::Stopping(_) => {
-                        self.signal_init(libc::SIGKILL);
-                        phase = Phase::Killed;
-                    }
-                    Phase::Killed => {}
+    /// The instant the loop must wake at; `None` when it had come: the deadline sends
+    /// SIGTERM, the grace after it (or after a relayed signal) SIGKILL.
+    fn enforce_deadline(&self, l: &mut Loop, now: Instant) -> Option<Instant> {
+        let wake = match l.phase {
+            Phase::Running => l.deadline,
+            Phase::Stopping(kill_at) => kill_at,
+            Phase::Killed => now + Duration::from_secs(3600),
+        };
+        if now < wake {
+            return Some(wake);
+        }
+        match l.phase {
+            Phase::Running => {
+                l.timed_out = true;
+                self.signal_init(libc::SIGTERM);
+                l.phase = Phase::Stopping(now + self.grace);
+            }
+            Phase::Stopping(_) => {
+                self.signal_init(libc::SIGKILL);
+                l.phase = Phase::Killed;
+            }
+            Phase::Killed => {}
+        }
+        None
+    }
+
+    /// What to wait on now.
+    fn poll_set(&self, l: &Loop) -> PollSet {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(6);
+        let mut push = |fd: RawFd, events: libc::c_short| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            fds.len() - 1
+        };
+        let pid = push(self.pidfd.as_raw_fd(), libc::POLLIN);
+        let sig = push(self.signals.as_raw_fd(), libc::POLLIN);
+        // A live pass-through sink must be writable first (see Capped::live_sink).
+        let out_sink = l.out_open.then(|| self.out_sink.live_sink()).flatten();
+        let err_sink = l.err_open.then(|| self.err_sink.live_sink()).flatten();
+        let i_out_sink = out_sink.map(|fd| push(fd, libc::POLLOUT));
+        let i_err_sink = err_sink.map(|fd| push(fd, libc::POLLOUT));
+        // While a live sink is full, do not even wait on the pipe (it would spin).
+        let out = (l.out_open && (out_sink.is_none() || l.out_writable))
+            .then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
+        let err = (l.err_open && (err_sink.is_none() || l.err_writable))
+            .then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
+        let input = match (&self.input, &self.to_sandbox) {
+            (Input::Fd(fd), Some(_)) if l.input_open && l.pending.is_empty() => {
+                Some(push(fd.as_raw_fd(), libc::POLLIN))
+            }
+            _ => None,
+        };
+        let to_sandbox = match &self.to_sandbox {
+            Some(fd) if !l.pending.is_empty() => Some(push(fd.as_raw_fd(), libc::POLLOUT)),
+            _ => None,
+        };
+        let status = l
+            .status_open
+            .then(|| push(self.status.as_raw_fd(), libc::POLLIN));
+        let listener = l
+            .listener
+            .as_ref()
+            .map(|fd| push(fd.as_raw_fd(), libc::POLLIN));
+        PollSet {
+            fds,
+            pid,
+            sig,
+            out_sink: i_out_sink,
+            err_sink: i_err_sink,
+            out,
+            err,
+            input,
+            to_sandbox,
+            status,
+            listener,
+        }
+    }
+
+    /// Signals sent to pysandbox: SIGWINCH resizes `-i`'s terminal; the relayed ones go to
+    /// the init (SIGKILL once it is stopping), which then has the grace to exit.
+    fn relay_signals(&mut self, l: &mut Loop) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let sig = info.ssi_signo as libc::c_int;
+            if sig == libc::SIGWINCH {
+                if let Some(m) = &self.resize {
+                    super::terminal::copy_size(m);
                 }
                 continue;
             }
-
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(6);
-            let mut push = |fd: RawFd, events: libc::c_short| {
-                fds.push(libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                });
-                fds.len() - 1
-            };
-            let i_pid = push(self.pidfd.as_raw_fd(), libc::POLLIN);
-            let i_sig = push(self.signals.as_raw_fd(), libc::POLLIN);
-            // A live pass-through sink must be writable first (see Capped::live_sink).
-            let out_sink = out_open.then(|| self.out_sink.live_sink()).flatten();
-            let err_sink = err_open.then(|| self.err_sink.live_sink()).flatten();
-            let i_out_sink = out_sink.map(|fd| push(fd, libc::POLLOUT));
-            let i_err_sink = err_sink.map(|fd| push(fd, libc::POLLOUT));
-            // While a live sink is full, do not even wait on the pipe (it would spin).
-            let i_out = (out_open && (out_sink.is_none() || out_writable))
-                .then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
-            let i_err = (err_open && (err_sink.is_none() || err_writable))
-                .then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
-            let i_in = match (&self.input, &self.to_sandbox) {
-                (Input::Fd(fd), Some(_)) if input_open && pending.is_empty() => {
-                    Some(push(fd.as_raw_fd(), libc::POLLIN))
+            if let Ok(s) = Signal::try_from(sig) {
+                l.interrupted.get_or_insert(s);
+            }
+            match l.phase {
+                Phase::Running => {
+                    self.signal_init(sig);
+                    l.phase = Phase::Stopping(Instant::now() + self.grace);
                 }
-                _ => None,
-            };
-            let i_to = match &self.to_sandbox {
-                Some(fd) if !pending.is_empty() => Some(push(fd.as_raw_fd(), libc::POLLOUT)),
-                _ => None,
-            };
-            let i_status = status_open.then(|| push(self.status.as_raw_fd(), libc::POLLIN));
-            let i_listen = listener.as_ref().map(|l| push(l.as_raw_fd(), libc::POLLIN));
-            // SAFETY: fds is a valid array of pollfd for the duration of the call.
-            let n = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    poll_timeout(wake, now),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                _ => {
+                    self.signal_init(libc::SIGKILL);
+                    l.phase = Phase::Killed;
                 }
-                return Err(e);
-            }
-            let ready = |i: usize| fds[i].revents != 0;
-
-            if ready(i_sig) {
-                while let Ok(Some(info)) = self.signals.read_signal() {
-                    let sig = info.ssi_signo as libc::c_int;
-                    if sig == libc::SIGWINCH {
-                        if let Some(m) = &self.resize {
-                            super::terminal::copy_size(m);
-                        }
-                        continue;
-                    }
-                    if let Ok(s) = Signal::try_from(sig) {
-                        interrupted.get_or_insert(s);
-                    }
-                    match phase {
-                        Phase::Running => {
-                            self.signal_init(sig);
-                            phase = Phase::Stopping(Instant::now() + self.grace);
-                        }
-                        _ => {
-                            self.signal_init(libc::SIGKILL);
-                            phase = Phase::Killed;
-                        }
-                    }
-                }
-            }
-            // With a live sink, move at most PIPE_BUF bytes: POLLOUT promises no more.
-            let sink_ok = |i: Option<usize>| i.is_none_or(|i| fds[i].revents != 0);
-            out_writable = sink_ok(i_out_sink);
-            err_writable = sink_ok(i_err_sink);
-            if let Some(i) = i_out
-                && ready(i)
-                && sink_ok(i_out_sink)
-            {
-                let n = if i_out_sink.is_some() { PIPE_BUF } else { BUF };
-                out_open = pump(&self.from_stdout, &mut buf[..n], &mut self.out_sink);
-            }
-            if let Some(i) = i_err
-                && ready(i)
-                && sink_ok(i_err_sink)
-            {
-                let n = if i_err_sink.is_some() { PIPE_BUF } else { BUF };
-                err_open = pump(&self.from_stderr, &mut buf[..n], &mut self.err_sink);
-            }
-            if let (Some(i), Input::Fd(fd)) = (i_in, &self.input)
-                && ready(i)
-            {
-                match read_fd(fd.as_raw_fd(), &mut buf) {
-                    Ok(0) | Err(_) => {
-                        input_open = false;
-                        self.to_sandbox = None; // EOF for the script
-                    }
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                }
-            }
-            if let (Some(i), Some(fd)) = (i_to, &self.to_sandbox)
-                && ready(i)
-            {
-                // SAFETY: writing from a live buffer to our pipe end.
-                let w =
-                    unsafe { libc::write(fd.as_raw_fd(), pending.as_ptr().cast(), pending.len()) };
-                if w > 0 {
-                    pending.drain(..w as usize);
-                    if given && pending.is_empty() {
-                        self.to_sandbox = None; // EOF after the given bytes
-                    }
-                } else if w < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-                    // The script closed its stdin: stop feeding it.
-                    input_open = false;
-                    pending.clear();
-                    self.to_sandbox = None;
-                }
-            }
-            if let Some(i) = i_status
-                && ready(i)
-            {
-                match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut buf) {
-                    Ok((0, _)) | Err(_) => status_open = false,
-                    Ok((n, fd)) => {
-                        status.extend_from_slice(&buf[..n]);
-                        if fd.is_some() {
-                            listener = fd;
-                        }
-                    }
-                }
-            }
-            if let (Some(i), Some(l)) = (i_listen, &listener)
-                && ready(i)
-            {
-                if fds[i].revents & libc::POLLIN != 0 {
-                    match crate::seccomp::answer_one(l) {
-                        Ok(Some(nr)) => count_refusal(&mut refused, nr),
-                        Ok(None) => {}
-                        Err(_) => listener = None,
-                    }
-                } else {
-                    listener = None; // POLLHUP: no task left under the filter
-                }
-            }
-            if ready(i_pid) {
-                break;
             }
         }
+    }
 
-        // The init is gone; the kernel has killed the rest of its pid namespace, so every
-        // writer of the output pipes is gone too: drain them to EOF.
+    /// The sandbox's stdout and stderr into their sinks.
+    fn pump_outputs(&mut self, l: &mut Loop, p: &PollSet) {
+        // With a live sink, move at most PIPE_BUF bytes: POLLOUT promises no more.
+        l.out_writable = p.sink_ok(p.out_sink);
+        l.err_writable = p.sink_ok(p.err_sink);
+        if p.ready_at(p.out) && p.sink_ok(p.out_sink) {
+            let n = if p.out_sink.is_some() { PIPE_BUF } else { BUF };
+            l.out_open = pump(&self.from_stdout, &mut l.buf[..n], &mut self.out_sink);
+        }
+        if p.ready_at(p.err) && p.sink_ok(p.err_sink) {
+            let n = if p.err_sink.is_some() { PIPE_BUF } else { BUF };
+            l.err_open = pump(&self.from_stderr, &mut l.buf[..n], &mut self.err_sink);
+        }
+    }
+
+    /// Reads the host's input (an `Input::Fd`) into `pending`; at its end, the script's
+    /// stdin ends too.
+    fn read_input(&mut self, l: &mut Loop, p: &PollSet) {
+        if let Input::Fd(fd) = &self.input
+            && p.ready_at(p.input)
+        {
+            match read_fd(fd.as_raw_fd(), &mut l.buf) {
+                Ok(0) | Err(_) => {
+                    l.input_open = false;
+                    self.to_sandbox = None; // EOF for the script
+                }
+                Ok(n) => l.pending.extend_from_slice(&l.buf[..n]),
+            }
+        }
+    }
+
+    /// Writes what `pending` holds into the sandbox's stdin pipe.
+    fn write_input(&mut self, l: &mut Loop, p: &PollSet) {
+        if let Some(fd) = &self.to_sandbox
+            && p.ready_at(p.to_sandbox)
+        {
+            // SAFETY: writing from a live buffer to our pipe end.
+            let w =
+                unsafe { libc::write(fd.as_raw_fd(), l.pending.as_ptr().cast(), l.pending.len()) };
+            if w > 0 {
+                l.pending.drain(..w as usize);
+                if l.given && l.pending.is_empty() {
+                    self.to_sandbox = None; // EOF after the given bytes
+                }
+            } else if w < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                // The script closed its stdin: stop feeding it.
+                l.input_open = false;
+                l.pending.clear();
+                self.to_sandbox = None;
+            }
+        }
+    }
+
+    /// The init's status lines, and the seccomp listener when it sends one.
+    fn read_status(&mut self, l: &mut Loop, p: &PollSet) {
+        if p.ready_at(p.status) {
+            match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut l.buf) {
+                Ok((0, _)) | Err(_) => l.status_open = false,
+                Ok((n, fd)) => {
+                    l.status.extend_from_slice(&l.buf[..n]);
+                    if fd.is_some() {
+                        l.listener = fd;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one refused syscall on the seccomp listener, and counts it.
+    fn answer_seccomp(&mut self, l: &mut Loop, p: &PollSet) {
+        if let (Some(i), Some(fd)) = (p.listener, &l.listener)
+            && p.ready(i)
+        {
+            if p.fds[i].revents & libc::POLLIN != 0 {
+                match crate::seccomp::answer_one(fd) {
+                    Ok(Some(nr)) => count_refusal(&mut l.refused, nr),
+                    Ok(None) => {}
+                    Err(_) => l.listener = None,
+                }
+            } else {
+                l.listener = None; // POLLHUP: no task left under the filter
+            }
+        }
+    }
+
+    /// The init is gone; the kernel has killed the rest of its pid namespace, so every
+    /// writer of the output pipes is gone too: drain them to EOF.
+    fn drain(&mut self, l: &mut Loop) {
         self.to_sandbox = None;
-        while out_open {
-            out_open = pump(&self.from_stdout, &mut buf, &mut self.out_sink);
+        while l.out_open {
+            l.out_open = pump(&self.from_stdout, &mut l.buf, &mut self.out_sink);
         }
-        while err_open {
-            err_open = pump(&self.from_stderr, &mut buf, &mut self.err_sink);
+        while l.err_open {
+            l.err_open = pump(&self.from_stderr, &mut l.buf, &mut self.err_sink);
         }
-        while status_open {
-            match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut buf) {
-                Ok((0, _)) | Err(_) => status_open = false,
-                Ok((n, _)) => status.extend_from_slice(&buf[..n]),
+        while l.status_open {
+            match crate::sys::recv_with_fd(self.status.as_raw_fd(), &mut l.buf) {
+                Ok((0, _)) | Err(_) => l.status_open = false,
+                Ok((n, _)) => l.status.extend_from_slice(&l.buf[..n]),
             }
         }
+    }
+
+    /// Reaps the init: its wait status, and the resources it and its reaped descendants
+    /// used.
+    fn reap(&self) -> io::Result<(libc::c_int, libc::rusage)> {
         let mut wait_status: libc::c_int = 0;
         // SAFETY: zeroed rusage is a valid out-buffer.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -330,25 +475,12 @@ impl Supervisor {
             // SAFETY: waiting for our own child, with valid out-pointers.
             let r = unsafe { libc::wait4(self.init_pid, &mut wait_status, 0, &mut ru) };
             if r >= 0 {
-                break;
+                return Ok((wait_status, ru));
             }
             if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 return Err(io::Error::last_os_error());
             }
         }
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        Ok(Supervised {
-            wait_status,
-            timed_out,
-            interrupted,
-            wall: started.elapsed(),
-            status,
-            refused,
-            stdout: self.out_sink.finish(),
-            stderr: self.err_sink.finish(),
-            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            max_rss: ru.ru_maxrss as u64 * 1024,
-        })
     }
 
     fn signal_init(&self, sig: libc::c_int) {
