@@ -16,6 +16,7 @@
 //! ```
 
 pub mod apparmor;
+pub mod claim;
 pub mod dirs;
 pub mod doctor;
 pub mod error;

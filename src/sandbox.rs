@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::claim::{WireClaim, applies_at_claim, b64};
 use crate::helper::Helper;
 use crate::policy::{self, Limits, Network};
-use crate::pool::wire::{WireClaim, applies_at_claim, b64};
 use crate::report::{PoolRun, RunReport};
 
 #[derive(Debug, thiserror::Error)]

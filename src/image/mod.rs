@@ -11,6 +11,8 @@ pub mod archive;
 pub mod build;
 pub mod default;
 pub mod labels;
+pub mod progress;
+pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod unpack;

@@ -16,14 +16,13 @@
 //! Variables the interpreter reads when it starts (PYTHON*, LC_*, LANG, LD_*...) cannot
 //! be set on a started interpreter: such a request gets a worker started for it.
 
-pub(crate) mod wire;
 pub mod worker;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use wire::{WireClaim, applies_at_claim, b64, unb64};
+pub use crate::claim::{WireClaim, applies_at_claim, b64, unb64};
 
 use crate::report::{PoolRun, RunReport};
 use crate::sandbox::{

@@ -7,7 +7,7 @@
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::wire::WireClaim;
+use crate::claim::WireClaim;
 use crate::policy::RunPolicy;
 use crate::report::RunReport;
 use crate::runtime::{self, Claim, Warm};

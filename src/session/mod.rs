@@ -211,7 +211,7 @@ impl Session {
     /// Writes a file in the session (relative paths: from its working directory, HOME).
     pub fn put_file(&mut self, path: &str, data: &[u8]) -> Result<(), SessionError> {
         self.send(
-            &serde_json::json!({"op": "put", "path": path, "data": crate::pool::wire::b64(data)}),
+            &serde_json::json!({"op": "put", "path": path, "data": crate::claim::b64(data)}),
         )?;
         let v = self.read_answer(Duration::from_secs(60))?;
         match v.get("error").and_then(Value::as_str) {
@@ -228,7 +228,7 @@ impl Session {
             return Err(SessionError::Refused(e.to_string()));
         }
         let data = v.get("data").and_then(Value::as_str).unwrap_or("");
-        crate::pool::wire::unb64(data).map_err(|e| SessionError::Ended(e.to_string()))
+        crate::claim::unb64(data).map_err(|e| SessionError::Ended(e.to_string()))
     }
 
     /// Ends the session and destroys its sandbox.

@@ -248,12 +248,8 @@ impl Drop for TmpPath {
 
 /// `<hex>` of `sha256:<hex>`, validated (it becomes a file name).
 pub fn digest_hex(digest: &str) -> Result<&str, StoreError> {
-    match digest.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
-            Ok(h)
-        }
-        _ => Err(StoreError::BadDigest(digest.to_string())),
-    }
+    crate::image::reference::sha256_hex(digest)
+        .ok_or_else(|| StoreError::BadDigest(digest.to_string()))
 }
 
 pub(crate) fn parse_digest(d: &str) -> Result<oci_spec::image::Digest, StoreError> {

@@ -28,7 +28,7 @@
 //! `error`.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::unpack::UnpackOptions;
@@ -70,35 +70,8 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Label listing the Python packages an image was built with (shown by `inspect`).
 pub const PACKAGES_LABEL: &str = "org.pysandbox.packages";
 
-/// Reports the progress of long operations (downloads, unpacking).
-pub trait Progress {
-    fn start(&self, what: &str, total: Option<u64>);
-    fn advance(&self, n: u64);
-    fn finish(&self);
-}
-
-/// A `Progress` that shows nothing.
-pub struct NoProgress;
-
-/// A reader that reports the bytes read through it to a [`Progress`].
-pub(crate) struct ProgressReader<'a, R> {
-    pub inner: R,
-    pub progress: &'a dyn Progress,
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
-    }
-}
-
-impl Progress for NoProgress {
-    fn start(&self, _what: &str, _total: Option<u64>) {}
-    fn advance(&self, _n: u64) {}
-    fn finish(&self) {}
-}
+pub(crate) use super::progress::ProgressReader;
+pub use super::progress::{NoProgress, Progress};
 
 /// The image store. Cheap to open; safe to use from several threads and processes.
 #[derive(Debug, Clone)]

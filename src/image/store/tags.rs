@@ -68,10 +68,10 @@ impl Store {
                 return Ok(Some((Some(n.clone()), d.clone())));
             }
         }
-        if let Some(c) = crate::image::registry::canonical_name(q) {
+        if let Some(c) = crate::image::reference::canonical_name(q) {
             let hits: Vec<_> = tags
                 .iter()
-                .filter(|(n, _)| crate::image::registry::canonical_name(n).as_deref() == Some(&c))
+                .filter(|(n, _)| crate::image::reference::canonical_name(n).as_deref() == Some(&c))
                 .collect();
             if let [(n, d)] = hits[..] {
                 return Ok(Some((Some(n.clone()), d.clone())));

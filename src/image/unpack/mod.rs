@@ -46,7 +46,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::Progress;
+use super::progress::Progress;
 use crate::sys::fs::{RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, fchmod, open_path_dir, openat2};
 use decompress::{Blob, CapReader, Caps, Format, Stop};
 use entries::dir_mode;

@@ -1,6 +1,6 @@
-//! What a pool sends a worker when it claims it (one JSON line on the worker's stdin),
-//! and the request the worker hands the sandbox's waiting interpreter (see
-//! `bootstrap.py`).
+//! A claim: what a pool (or `Sandbox::run`) sends a warm worker when it claims it (one
+//! JSON line on the worker's stdin), and the request the worker hands the sandbox's
+//! waiting interpreter (see `pool/bootstrap.py`).
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
