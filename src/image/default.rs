@@ -160,7 +160,9 @@ fn build(store: &Store, python: &Path) -> Result<(), ImageError> {
     let tmp = store.tmp_path("default");
     let result = (|| -> Result<String, ImageError> {
         let tree = tmp.join("rootfs");
+        let t = std::time::Instant::now();
         let manifest = rootfs_builder::build_rootfs(&host, &tree).map_err(build_err)?;
+        let built = t.elapsed();
         let layer_file = tmp.join("layer.tar");
         let f = fs::File::create(&layer_file).map_err(store_io(&layer_file))?;
         let layer = rootfs_builder::layer::write_plain_layer(
@@ -170,6 +172,12 @@ fn build(store: &Store, python: &Path) -> Result<(), ImageError> {
         )
         .map_err(store_io(&layer_file))?;
         store.adopt_blob(&layer_file, &layer.digest)?;
+        tracing::debug!(
+            target: "pysandbox::timing",
+            "default image: tree {} ms, layer {} ms",
+            built.as_millis(),
+            (t.elapsed() - built).as_millis()
+        );
         let mut stamps: Vec<FileStamp> = manifest
             .rebuild_triggers
             .iter()
