@@ -610,6 +610,9 @@ fn default_image_is_built_once_atomically_and_rebuilt_when_python_changes() {
     let o = c.output().unwrap();
     assert_code(&o, 0, "rebuilt run");
     assert_eq!(stdout(&o), "rebuilt\n");
+    // The run that builds stores the image beside itself; the next run waits for that.
+    let (mut c, _d) = run("after");
+    assert_code(&c.output().unwrap(), 0, "run after the rebuild");
     let second = builds();
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(

@@ -21,6 +21,7 @@ use super::store::{self, Store};
 use super::{ImageError, ResolvedImage, from_store_config};
 use crate::dirs;
 use crate::sys;
+use std::os::fd::AsRawFd;
 
 /// The default image's tag in the store.
 pub const DEFAULT_TAG: &str = "default";
@@ -111,8 +112,22 @@ pub fn describe() -> Result<String, ImageError> {
     })
 }
 
-/// The default image, built first if it is missing or stale.
+/// The default image, built first if it is missing or stale; complete (tagged) when this
+/// returns.
 pub fn resolve() -> Result<ResolvedImage, ImageError> {
+    resolve_with(false)
+}
+
+/// The default image for a run. When it has to be built, the run uses the new tree at
+/// once; its layer, config and tag are written once the runtime has staged the tree
+/// ([`ResolvedImage::staged`]), by a detached process, off the run's critical path.
+/// Until then other runs wait for it (the build's lock stays held). The report of the
+/// run that built it has no image digest.
+pub fn resolve_for_run() -> Result<ResolvedImage, ImageError> {
+    resolve_with(true)
+}
+
+fn resolve_with(deferred: bool) -> Result<ResolvedImage, ImageError> {
     let python = host_python().ok_or(ImageError::NoHostPython)?;
     let store = Store::open_default()?;
     // Fast path, every run: three small reads and a few stats.
@@ -120,11 +135,15 @@ pub fn resolve() -> Result<ResolvedImage, ImageError> {
         Some(found) => found,
         None => {
             // One builder at a time per store; the others wait and reuse its result.
-            let _lock = store.lock(".default.lock", libc::LOCK_EX)?;
+            let lock = store.lock(".default.lock", libc::LOCK_EX)?;
             match current(&store, &python) {
                 Some(found) => found,
                 None => {
-                    build(&store, &python)?;
+                    let built = build_tree(&store, &python)?;
+                    if deferred {
+                        return built.into_image(lock);
+                    }
+                    built.complete()?;
                     current(&store, &python).ok_or_else(|| ImageError::Invalid {
                         path: store.root().to_owned(),
                         why: "the default image just built is not current; report this as a bug"
@@ -139,9 +158,21 @@ pub fn resolve() -> Result<ResolvedImage, ImageError> {
     Ok(img)
 }
 
-/// Builds the default image into the store and tags it. A previous default image that
-/// nothing else uses is pruned.
-fn build(store: &Store, python: &Path) -> Result<(), ImageError> {
+/// A default image whose tree is built (in the store's tmp) but not stored yet.
+struct Built {
+    store: Store,
+    /// The build's folder under the store's tmp (`rootfs/` inside).
+    tmp: PathBuf,
+    version: String,
+    labels: BTreeMap<String, String>,
+    /// The default image this one replaces.
+    previous: Option<String>,
+    /// No prune while the tree and blobs are in tmp but untagged.
+    guard: super::store::WriteGuard,
+}
+
+/// Builds the default image's tree into the store's tmp.
+fn build_tree(store: &Store, python: &Path) -> Result<Built, ImageError> {
     use std::io::IsTerminal;
     let build_err = |source| ImageError::Build {
         python: python.to_owned(),
@@ -156,74 +187,139 @@ fn build(store: &Store, python: &Path) -> Result<(), ImageError> {
         );
     }
     let previous = store.resolve(DEFAULT_TAG).ok().flatten();
-    let guard = store.write_guard()?; // no prune while blobs are written but untagged
+    let guard = store.write_guard()?;
     let tmp = store.tmp_path("default");
-    let result = (|| -> Result<String, ImageError> {
-        let tree = tmp.join("rootfs");
-        let t = std::time::Instant::now();
-        let manifest = rootfs_builder::build_rootfs(&host, &tree).map_err(build_err)?;
-        let built = t.elapsed();
-        let layer_file = tmp.join("layer.tar");
-        let f = fs::File::create(&layer_file).map_err(store_io(&layer_file))?;
-        let layer = rootfs_builder::layer::write_plain_layer(
-            &tree,
-            rootfs_builder::layer::Source::Tree,
-            io::BufWriter::with_capacity(1 << 20, f),
-        )
-        .map_err(store_io(&layer_file))?;
-        store.adopt_blob(&layer_file, &layer.digest)?;
-        tracing::debug!(
-            target: "pysandbox::timing",
-            "default image: tree {} ms, layer {} ms",
-            built.as_millis(),
-            (t.elapsed() - built).as_millis()
-        );
-        let mut stamps: Vec<FileStamp> = manifest
-            .rebuild_triggers
-            .iter()
-            .filter_map(|p| FileStamp::of(p))
-            .collect();
-        stamps.extend(FileStamp::of(python));
-        let labels = BTreeMap::from([
-            (
-                LABEL_DEFAULT_BUILDER.to_string(),
-                rootfs_builder::BUILDER_VERSION.to_string(),
-            ),
-            (
-                LABEL_DEFAULT_HOST_PYTHON.to_string(),
-                python.display().to_string(),
-            ),
-            (
-                LABEL_DEFAULT_TRIGGERS.to_string(),
-                serde_json::to_string(&stamps).expect("stamps serialize"),
-            ),
-            (LABEL_PYTHON.to_string(), host.version.clone()),
-        ]);
-        let settings = rootfs_builder::oci::ImageSettings {
-            env: vec![format!("PATH={}", super::IMAGE_PATH)],
-            cmd: vec![rootfs_builder::IMAGE_PYTHON.into()],
-            user: Some("1000:1000".into()),
-            working_dir: Some(crate::spec::DATA_DIR.into()),
-            labels,
-        };
-        let layers = [layer];
-        let config = rootfs_builder::oci::config_json(&layers, &settings);
-        let (cd, cs) = store.put_bytes(&config)?;
-        let (md, _) = store.put_bytes(&rootfs_builder::oci::manifest_json((&cd, cs), &layers))?;
-        store.adopt_rootfs(&md, &tree)?;
-        store.tag(DEFAULT_TAG, &md)?;
-        Ok(md)
-    })();
-    let _ = sys::fs::remove_path(&tmp);
-    drop(guard);
-    let digest = result?;
-    if previous.is_some_and(|p| p != digest) {
-        // The previous default image is untagged now: free its space unless the store
-        // is busy (then `pysandbox image prune` does it later).
-        let _ = store.try_prune();
+    let tree = tmp.join("rootfs");
+    let t = std::time::Instant::now();
+    let built = rootfs_builder::build_rootfs(&host, &tree)
+        .map_err(build_err)
+        // Mounted read-only by the run: its mount points must exist before.
+        .and_then(|m| Ok((super::add_mount_points(&tree).map_err(store_io(&tree))?, m).1));
+    let manifest = match built {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = sys::fs::remove_path(&tmp);
+            return Err(e);
+        }
+    };
+    tracing::debug!(
+        target: "pysandbox::timing",
+        "default image: tree {} ms",
+        t.elapsed().as_millis()
+    );
+    let mut stamps: Vec<FileStamp> = manifest
+        .rebuild_triggers
+        .iter()
+        .filter_map(|p| FileStamp::of(p))
+        .collect();
+    stamps.extend(FileStamp::of(python));
+    let labels = BTreeMap::from([
+        (
+            LABEL_DEFAULT_BUILDER.to_string(),
+            rootfs_builder::BUILDER_VERSION.to_string(),
+        ),
+        (
+            LABEL_DEFAULT_HOST_PYTHON.to_string(),
+            python.display().to_string(),
+        ),
+        (
+            LABEL_DEFAULT_TRIGGERS.to_string(),
+            serde_json::to_string(&stamps).expect("stamps serialize"),
+        ),
+        (LABEL_PYTHON.to_string(), host.version.clone()),
+    ]);
+    Ok(Built {
+        store: store.clone(),
+        tmp,
+        version: host.version,
+        labels,
+        previous,
+        guard,
+    })
+}
+
+impl Built {
+    /// The run's image: the tree where it is. [`ResolvedImage::staged`] (or dropping the
+    /// image) stores it, with the build's `lock` held until it is tagged.
+    fn into_image(self, lock: fs::File) -> Result<ResolvedImage, ImageError> {
+        let tree = self.tmp.join("rootfs");
+        let mut img = super::rootfs_with(&tree, Some(super::IMAGE_PATH))?;
+        img.env = vec![("PATH".to_string(), super::IMAGE_PATH.to_string())];
+        img.name = display_name(&self.version);
+        img.set_finish(Box::new(move |background: bool| {
+            if background {
+                let keep = [lock.as_raw_fd(), self.guard.as_raw_fd()];
+                match sys::fork_detached(&keep) {
+                    Ok(true) => {
+                        if let Err(e) = self.complete() {
+                            tracing::warn!("storing the default image: {e}");
+                        }
+                        drop(lock);
+                        sys::exit_now(0);
+                    }
+                    // This process's copies of the lock and the guard close here; the
+                    // child's keep them.
+                    Ok(false) => return,
+                    Err(_) => {} // then here and now
+                }
+            }
+            if let Err(e) = self.complete() {
+                tracing::warn!("storing the default image: {e}");
+            }
+            drop(lock);
+        }));
+        Ok(img)
     }
-    remove_side_cache();
-    Ok(())
+
+    /// Packs the layer, writes config and manifest, adopts the tree, tags it `default`;
+    /// then prunes the image it replaces (when the store is idle) and the old side cache.
+    fn complete(self) -> Result<(), ImageError> {
+        let tree = self.tmp.join("rootfs");
+        let store = self.store.clone();
+        let result = (|| -> Result<String, ImageError> {
+            let t = std::time::Instant::now();
+            let layer_file = self.tmp.join("layer.tar");
+            let f = fs::File::create(&layer_file).map_err(store_io(&layer_file))?;
+            let layer = rootfs_builder::layer::write_plain_layer(
+                &tree,
+                rootfs_builder::layer::Source::Tree,
+                io::BufWriter::with_capacity(1 << 20, f),
+            )
+            .map_err(store_io(&layer_file))?;
+            store.adopt_blob(&layer_file, &layer.digest)?;
+            tracing::debug!(
+                target: "pysandbox::timing",
+                "default image: layer {} ms",
+                t.elapsed().as_millis()
+            );
+            let settings = rootfs_builder::oci::ImageSettings {
+                env: vec![format!("PATH={}", super::IMAGE_PATH)],
+                cmd: vec![rootfs_builder::IMAGE_PYTHON.into()],
+                user: Some("1000:1000".into()),
+                working_dir: Some(crate::spec::DATA_DIR.into()),
+                labels: self.labels.clone(),
+            };
+            let layers = [layer];
+            let config = rootfs_builder::oci::config_json(&layers, &settings);
+            let (cd, cs) = store.put_bytes(&config)?;
+            let (md, _) =
+                store.put_bytes(&rootfs_builder::oci::manifest_json((&cd, cs), &layers))?;
+            store.adopt_rootfs(&md, &tree)?;
+            store.tag(DEFAULT_TAG, &md)?;
+            Ok(md)
+        })();
+        let _ = sys::fs::remove_path(&self.tmp);
+        let previous = self.previous.clone();
+        drop(self); // the write guard: prune may run now
+        let digest = result?;
+        if previous.is_some_and(|p| p != digest) {
+            // The previous default image is untagged now: free its space unless the store
+            // is busy (then `pysandbox image prune` does it later).
+            let _ = store.try_prune();
+        }
+        remove_side_cache();
+        Ok(())
+    }
 }
 
 fn store_io(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {

@@ -43,6 +43,42 @@ pub struct ResolvedImage {
     pub env: Vec<(String, String)>,
     /// A lock held while a run uses the image, so a rebuild or prune never deletes it.
     _in_use: Option<Box<dyn std::any::Any>>,
+    /// Work left once the runtime has staged the root file system (the default image's
+    /// first run stores the image then); run in the background by [`Self::staged`], here
+    /// and now when the image is dropped without it.
+    finish: std::cell::RefCell<Option<Finish>>,
+}
+
+/// See [`ResolvedImage::staged`]; its argument says whether it may go to the background.
+struct Finish(Box<dyn FnOnce(bool)>);
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finish")
+    }
+}
+
+impl ResolvedImage {
+    fn set_finish(&mut self, f: Box<dyn FnOnce(bool)>) {
+        self.finish = std::cell::RefCell::new(Some(Finish(f)));
+    }
+
+    /// Called by the runtime once the root file system is mounted where the sandbox
+    /// will see it (its path is not used again): work left on the image goes on in a
+    /// detached process. The caller must be single-threaded (it forks).
+    pub fn staged(&self) {
+        if let Some(Finish(f)) = self.finish.borrow_mut().take() {
+            f(true);
+        }
+    }
+}
+
+impl Drop for ResolvedImage {
+    fn drop(&mut self) {
+        if let Some(Finish(f)) = self.finish.get_mut().take() {
+            f(false);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +104,11 @@ pub enum ImageError {
     Invalid { path: PathBuf, why: String },
 }
 
-/// Resolves the image of a run, building the default image if needed.
+/// Resolves the image of a run, building the default image if needed (then the runtime
+/// calls [`ResolvedImage::staged`] once it has mounted it).
 pub fn resolve(image: &ImageRef) -> Result<ResolvedImage, ImageError> {
     match image {
-        ImageRef::Default => default::resolve(),
+        ImageRef::Default => default::resolve_for_run(),
         ImageRef::Path(p) if p.is_dir() && !p.join("oci-layout").exists() => rootfs_dir(p),
         ImageRef::Path(p) => imported(p),
         ImageRef::Name(n) => stored(n),
@@ -128,6 +165,7 @@ fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageE
         digest: None,
         env: Vec::new(),
         _in_use: None,
+        finish: Default::default(),
     })
 }
 

@@ -460,6 +460,9 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
 
     let user_sysctls = limits::user_sysctls();
     let (staged, mut not_capped) = enter_and_stage(r, &user_sysctls, warm.is_some())?;
+    // The image's root file system is mounted: what is left to do on the image (storing
+    // a default image built for this run) goes on beside the run.
+    r.image.staged();
     let (argv, env) = command(r);
     let (state, bundle) = (r.mnt.join("state"), r.mnt.join("bundle"));
     write_spec(r, &staged, &argv, &env, &rlimits, &bundle)?;

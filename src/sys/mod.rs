@@ -144,6 +144,55 @@ pub fn random_id(prefix: &str) -> io::Result<String> {
     Ok(s)
 }
 
+/// Forks a child that nobody waits for: its stdio is /dev/null, it has a session of its
+/// own (no terminal signal reaches it) and keeps no descriptor but `keep`. Returns
+/// `Ok(true)` in the child, which must end with [`exit_now`], `Ok(false)` here. Only
+/// for single-threaded callers.
+pub fn fork_detached(keep: &[std::os::fd::RawFd]) -> io::Result<bool> {
+    // SAFETY: fork in a single-threaded process (the caller's promise).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(false);
+    }
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd > 2)
+        .map(|&fd| fd as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep.into_iter().chain([u32::MAX]) {
+        if fd > from {
+            // SAFETY: closing descriptor ranges of this (new) process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = fd.saturating_add(1);
+    }
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 of a descriptor we own onto the standard ones.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    // SAFETY: setsid has no arguments.
+    unsafe { libc::setsid() };
+    Ok(true)
+}
+
+/// Ends this process at once (no destructors, no atexit handlers): the end of a
+/// [`fork_detached`] child.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(code) }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (the same clock in every namespace of the host).
 pub fn monotonic_ns() -> i64 {
     // SAFETY: a zeroed timespec is a valid out-buffer.

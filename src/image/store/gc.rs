@@ -41,6 +41,13 @@ pub struct WriteGuard {
     _lock: File,
 }
 
+impl std::os::fd::AsRawFd for WriteGuard {
+    /// The lock's descriptor (a process that inherits it holds the guard too).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self._lock.as_raw_fd()
+    }
+}
+
 impl Store {
     /// Keeps prune from running until dropped: take it before writing blobs that a later
     /// `tag` will reference (import and pull do so themselves).
