@@ -193,8 +193,11 @@ fn build_tree(store: &Store, python: &Path) -> Result<Built, ImageError> {
     let t = std::time::Instant::now();
     let built = rootfs_builder::build_rootfs(&host, &tree)
         .map_err(build_err)
-        // Mounted read-only by the run: its mount points must exist before.
-        .and_then(|m| Ok((super::add_mount_points(&tree).map_err(store_io(&tree))?, m).1));
+        .and_then(|m| {
+            // Mounted read-only by the run: its mount points must exist before.
+            super::add_mount_points(&tree).map_err(store_io(&tree))?;
+            Ok(m)
+        });
     let manifest = match built {
         Ok(m) => m,
         Err(e) => {
@@ -247,14 +250,17 @@ impl Built {
         img.env = vec![("PATH".to_string(), super::IMAGE_PATH.to_string())];
         img.name = display_name(&self.version);
         img.set_finish(Box::new(move |background: bool| {
+            // The build's lock is held (by whoever holds `lock`) until the image is stored.
+            let store = move |built: Built, _lock: fs::File| {
+                if let Err(e) = built.complete() {
+                    tracing::warn!("storing the default image: {e}");
+                }
+            };
             if background {
                 let keep = [lock.as_raw_fd(), self.guard.as_raw_fd()];
                 match sys::fork_detached(&keep) {
                     Ok(true) => {
-                        if let Err(e) = self.complete() {
-                            tracing::warn!("storing the default image: {e}");
-                        }
-                        drop(lock);
+                        store(self, lock);
                         sys::exit_now(0);
                     }
                     // This process's copies of the lock and the guard close here; the
@@ -263,10 +269,7 @@ impl Built {
                     Err(_) => {} // then here and now
                 }
             }
-            if let Err(e) = self.complete() {
-                tracing::warn!("storing the default image: {e}");
-            }
-            drop(lock);
+            store(self, lock);
         }));
         Ok(img)
     }

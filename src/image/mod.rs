@@ -139,8 +139,8 @@ fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageE
             "not a directory (OCI layouts and archives arrive with the image store)".into(),
         ));
     }
-    let root = sys::open_dir_nofollow(&fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?)
-        .map_err(|e| invalid(e.to_string()))?;
+    let real = fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?;
+    let root = sys::open_dir_nofollow(&real).map_err(|e| invalid(e.to_string()))?;
     let python = find_python(&root, path_var).ok_or_else(|| {
         invalid(format!(
             "no Python interpreter at any of {}",
@@ -159,7 +159,7 @@ fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageE
         )));
     }
     Ok(ResolvedImage {
-        rootfs: fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?,
+        rootfs: real,
         python,
         name: p.display().to_string(),
         digest: None,

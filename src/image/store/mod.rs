@@ -77,7 +77,9 @@ pub use super::progress::{NoProgress, Progress};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    unpack_opts: UnpackOptions,
+    /// Limits of `unpack_to` and `rootfs`; the defaults when None (made only when an
+    /// unpack happens: they ask how many CPUs the cgroup allows, which costs reads).
+    unpack_opts: Option<UnpackOptions>,
 }
 
 impl Store {
@@ -98,7 +100,7 @@ impl Store {
         }
         let store = Store {
             root: root.to_owned(),
-            unpack_opts: UnpackOptions::default(),
+            unpack_opts: None,
         };
         if !root.join("index.json").exists() {
             let _l = store.lock(".index.lock", libc::LOCK_EX)?;
@@ -111,7 +113,7 @@ impl Store {
 
     /// Limits applied by `unpack_to` and `rootfs`.
     pub fn with_unpack_options(mut self, opts: UnpackOptions) -> Store {
-        self.unpack_opts = opts;
+        self.unpack_opts = Some(opts);
         self
     }
 

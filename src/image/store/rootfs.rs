@@ -124,7 +124,7 @@ impl Store {
                 ),
             });
         }
-        let mut u = Unpacker::new(dest, self.unpack_opts.clone())?;
+        let mut u = Unpacker::new(dest, self.unpack_opts.clone().unwrap_or_default())?;
         for l in m.layers() {
             let d = l.digest().to_string();
             let blob = self.open_blob(&d)?;
