@@ -246,7 +246,7 @@ impl Built {
     /// image) stores it, with the build's `lock` held until it is tagged.
     fn into_image(self, lock: fs::File) -> Result<ResolvedImage, ImageError> {
         let tree = self.tmp.join("rootfs");
-        let mut img = super::rootfs_with(&tree, Some(super::IMAGE_PATH))?;
+        let mut img = super::rootfs_with(&tree, Some(super::IMAGE_PATH), super::Tree::Store)?;
         img.env = vec![("PATH".to_string(), super::IMAGE_PATH.to_string())];
         img.name = display_name(&self.version);
         img.set_finish(Box::new(move |background: bool| {

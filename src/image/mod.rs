@@ -123,23 +123,40 @@ const PYTHON_CANDIDATES: &[&str] = &[
 ];
 
 fn rootfs_dir(p: &Path) -> Result<ResolvedImage, ImageError> {
-    rootfs_with(p, None)
+    rootfs_with(p, None, Tree::Given)
+}
+
+/// Where a root file system directory comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    /// Named by the user: resolved to its real path and checked for mount points.
+    Given,
+    /// Made by the store (unpacked or adopted): an absolute path under the store, its
+    /// mount points added before it got its place (`add_mount_points`). Every run of a
+    /// store image passes here: no checks it would repeat.
+    Store,
 }
 
 /// A root file system directory; its interpreter looked for along `path_var` (the
 /// image's PATH) first.
-fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageError> {
+fn rootfs_with(p: &Path, path_var: Option<&str>, tree: Tree) -> Result<ResolvedImage, ImageError> {
     let invalid = |why: String| ImageError::Invalid {
         path: p.to_owned(),
         why,
     };
-    let meta = fs::metadata(p).map_err(|_| ImageError::NotFound(p.display().to_string()))?;
-    if !meta.is_dir() {
-        return Err(invalid(
-            "not a directory (OCI layouts and archives arrive with the image store)".into(),
-        ));
-    }
-    let real = fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?;
+    let real = match tree {
+        Tree::Store => p.to_owned(),
+        Tree::Given => {
+            let meta =
+                fs::metadata(p).map_err(|_| ImageError::NotFound(p.display().to_string()))?;
+            if !meta.is_dir() {
+                return Err(invalid(
+                    "not a directory (OCI layouts and archives arrive with the image store)".into(),
+                ));
+            }
+            fs::canonicalize(p).map_err(|e| invalid(e.to_string()))?
+        }
+    };
     let root = sys::open_dir_nofollow(&real).map_err(|e| invalid(e.to_string()))?;
     let python = find_python(&root, path_var).ok_or_else(|| {
         invalid(format!(
@@ -150,7 +167,7 @@ fn rootfs_with(p: &Path, path_var: Option<&str>) -> Result<ResolvedImage, ImageE
     let missing: Vec<&str> = REQUIRED_MOUNT_POINTS
         .iter()
         .copied()
-        .filter(|m| !is_dir_in(&root, m))
+        .filter(|m| tree == Tree::Given && !is_dir_in(&root, m))
         .collect();
     if !missing.is_empty() {
         return Err(invalid(format!(
@@ -257,7 +274,7 @@ fn from_store_config(
         .rev()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
-    let mut img = rootfs_with(&guard.path, path_var)?;
+    let mut img = rootfs_with(&guard.path, path_var, Tree::Store)?;
     img.env = env;
     img.name = name.to_string();
     img.digest = Some(digest.to_string());
