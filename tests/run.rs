@@ -502,6 +502,41 @@ each_mode!(sigterm_to_pysandbox_cleans_up, |who| {
     }
 });
 
+/// CPU time (user + system, in clock ticks) the process `pid` itself has used.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name (in parentheses, may hold spaces): state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+each_mode!(pysandbox_waits_without_spinning, |who| {
+    // While the script sleeps, pysandbox waits in poll(): a loop that woke at once (its
+    // stdout, a pipe with room, is always writable) would burn a whole CPU beside the
+    // script for the run's length.
+    let marker = unique("idle");
+    let dir = workdir(who);
+    let mut child = start_sleeper(who, dir.path(), &marker);
+    let pysandbox = processes_with(&marker)
+        .into_iter()
+        .find(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "pysandbox\n")
+        })
+        .expect("pysandbox's process");
+    let before = cpu_ticks(pysandbox);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pysandbox) - before;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    // One second spinning is ~100 ticks; waiting is none.
+    assert!(
+        used < 20,
+        "pysandbox used {used} ticks of CPU in 1 s of waiting"
+    );
+});
+
 each_mode!(logs_never_mix_into_the_scripts_streams, |who| {
     let dir = workdir(who);
     put(

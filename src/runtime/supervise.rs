@@ -114,9 +114,9 @@ struct Loop {
     given: bool,
     out_open: bool,
     err_open: bool,
-    /// A live sink was writable at the last poll.
-    out_writable: bool,
-    err_writable: bool,
+    /// The pipe had bytes at the last poll, read once the live sink can take them.
+    out_waiting: bool,
+    err_waiting: bool,
     buf: Vec<u8>,
     status_open: bool,
     status: Vec<u8>,
@@ -167,11 +167,6 @@ impl PollSet {
 
     fn ready_at(&self, i: Option<usize>) -> bool {
         i.is_some_and(|i| self.ready(i))
-    }
-
-    /// A sink not polled (not live), or live and writable.
-    fn sink_ok(&self, i: Option<usize>) -> bool {
-        i.is_none_or(|i| self.ready(i))
     }
 }
 
@@ -244,8 +239,8 @@ impl Supervisor {
             given,
             out_open: true,
             err_open: true,
-            out_writable: true,
-            err_writable: true,
+            out_waiting: false,
+            err_waiting: false,
             buf: vec![0u8; BUF],
             status_open: true,
             status: Vec::new(),
@@ -293,15 +288,20 @@ impl Supervisor {
         };
         let pid = push(self.pidfd.as_raw_fd(), libc::POLLIN);
         let sig = push(self.signals.as_raw_fd(), libc::POLLIN);
-        // A live pass-through sink must be writable first (see Capped::live_sink).
+        // With a live pass-through sink (see Capped::live_sink), wait on one side at a
+        // time: on the pipe until it has bytes, then on the sink until it can take them.
+        // Waiting on both would spin: a terminal or a pipe with room is writable at once.
         let out_sink = l.out_open.then(|| self.out_sink.live_sink()).flatten();
         let err_sink = l.err_open.then(|| self.err_sink.live_sink()).flatten();
-        let i_out_sink = out_sink.map(|fd| push(fd, libc::POLLOUT));
-        let i_err_sink = err_sink.map(|fd| push(fd, libc::POLLOUT));
-        // While a live sink is full, do not even wait on the pipe (it would spin).
-        let out = (l.out_open && (out_sink.is_none() || l.out_writable))
+        let i_out_sink = out_sink
+            .filter(|_| l.out_waiting)
+            .map(|fd| push(fd, libc::POLLOUT));
+        let i_err_sink = err_sink
+            .filter(|_| l.err_waiting)
+            .map(|fd| push(fd, libc::POLLOUT));
+        let out = (l.out_open && i_out_sink.is_none())
             .then(|| push(self.from_stdout.as_raw_fd(), libc::POLLIN));
-        let err = (l.err_open && (err_sink.is_none() || l.err_writable))
+        let err = (l.err_open && i_err_sink.is_none())
             .then(|| push(self.from_stderr.as_raw_fd(), libc::POLLIN));
         let input = match (&self.input, &self.to_sandbox) {
             (Input::Fd(fd), Some(_)) if l.input_open && l.pending.is_empty() => {
@@ -362,18 +362,30 @@ impl Supervisor {
         }
     }
 
-    /// The sandbox's stdout and stderr into their sinks.
+    /// The sandbox's stdout and stderr into their sinks, after a poll that waited on
+    /// each one's pipe or (`waiting`) on its live sink.
     fn pump_outputs(&mut self, l: &mut Loop, p: &PollSet) {
-        // With a live sink, move at most PIPE_BUF bytes: POLLOUT promises no more.
-        l.out_writable = p.sink_ok(p.out_sink);
-        l.err_writable = p.sink_ok(p.err_sink);
-        if p.ready_at(p.out) && p.sink_ok(p.out_sink) {
-            let n = if p.out_sink.is_some() { PIPE_BUF } else { BUF };
-            l.out_open = pump(&self.from_stdout, &mut l.buf[..n], &mut self.out_sink);
-        }
-        if p.ready_at(p.err) && p.sink_ok(p.err_sink) {
-            let n = if p.err_sink.is_some() { PIPE_BUF } else { BUF };
-            l.err_open = pump(&self.from_stderr, &mut l.buf[..n], &mut self.err_sink);
+        let streams = [
+            (&self.from_stdout, &mut self.out_sink, p.out, p.out_sink),
+            (&self.from_stderr, &mut self.err_sink, p.err, p.err_sink),
+        ];
+        let states = [
+            (&mut l.out_waiting, &mut l.out_open),
+            (&mut l.err_waiting, &mut l.err_open),
+        ];
+        for ((from, sink, pipe, live), (waiting, open)) in streams.into_iter().zip(states) {
+            if live.is_some() {
+                // The sink can take PIPE_BUF bytes (all POLLOUT promises): move at most that.
+                if p.ready_at(live) {
+                    *waiting = false;
+                    *open = pump(from, &mut l.buf[..PIPE_BUF], sink);
+                }
+            } else if p.ready_at(pipe) {
+                match sink.live_sink() {
+                    Some(_) => *waiting = true, // the next poll waits on the sink
+                    None => *open = pump(from, &mut l.buf, sink),
+                }
+            }
         }
     }
 
