@@ -4,7 +4,8 @@
 //! the bare host interpreter (the floor), `pysandbox run`, and bubblewrap / runc / crun
 //! over the same root file system when they are installed. Commands are interleaved
 //! round-robin so drift hits all of them alike; the table shows medians and ratios to the
-//! floor. Benchmarks live here, never as timed assertions in tests.
+//! floor, then the throughput of the `-c pass` rows (many runs, 4 at a time: a server's
+//! load). Benchmarks live here, never as timed assertions in tests.
 //!
 //! `cargo xtask bench --phases [--runs N]` prints where one cold run's time goes instead:
 //! the median of each phase pysandbox marks (`--log-level pysandbox::timing=debug`), as
@@ -354,6 +355,17 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
 
+    // Throughput of the `-c pass` rows: many runs, a few at a time (a server's load).
+    let tp_runs = (runs * 7).max(40);
+    let tp: Vec<(&Case, f64)> = cases
+        .iter()
+        .filter(|c| label_of(&c.name) == "-c pass" && !c.name.contains("site-packages"))
+        .filter(|c| !c.name.contains("--network") && !c.name.contains("--allow-net"))
+        // runc and crun name their container: one at a time.
+        .filter(|c| !c.name.starts_with("runc") && !c.name.starts_with("crun"))
+        .map(|c| throughput(c, tp_runs, PARALLEL).map(|r| (c, r)))
+        .collect::<Result<_>>()?;
+
     let unpack_rows = unpack_bench(&pysandbox, &rootfs, &tmp, runs.min(10))?;
 
     let uname = sh(Command::new("uname").arg("-r")).unwrap_or_default();
@@ -382,6 +394,16 @@ fn bench(args: &[String]) -> Result<()> {
             println!("| {} | {:.1} | {:.2} |", c.name, m, m / floor_of(c));
         }
     }
+    println!("\n| command (-c pass) | runs/s ({tp_runs} runs, {PARALLEL} at a time) | x floor |");
+    println!("|---|---:|---:|");
+    for (c, r) in &tp {
+        let uid = c.name.starts_with("uid ");
+        let floor = tp
+            .iter()
+            .find(|(f, _)| f.name.starts_with("uid ") == uid && f.name.contains("python -S"))
+            .map_or(f64::NAN, |(_, r)| *r);
+        println!("| {} | {r:.0} | {:.2} |", c.name, r / floor);
+    }
     println!(
         "\n| unpack of the same image ({}) | median ms | x pysandbox |",
         unpack_rows.0
@@ -392,6 +414,32 @@ fn bench(args: &[String]) -> Result<()> {
         println!("| {name} | {ms:.0} | {:.2} |", ms / ours);
     }
     Ok(())
+}
+
+/// How many runs of the throughput table go at once.
+const PARALLEL: usize = 4;
+
+/// Runs `c` `total` times, `parallel` at a time; returns runs per second.
+fn throughput(c: &Case, total: usize, parallel: usize) -> Result<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..parallel)
+            .map(|_| {
+                s.spawn(|| {
+                    while next.fetch_add(1, Ordering::Relaxed) < total {
+                        c.once()?;
+                    }
+                    Ok::<(), anyhow::Error>(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a throughput worker panicked"))
+    })?;
+    Ok(total as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Unpack speed: pysandbox's store vs `umoci unpack --rootless`, same single-layer image.
