@@ -1,7 +1,11 @@
 //! Compiles the seccomp policy (`seccomp/<arch>.json`, seccompiler's JSON format) for the
 //! target architecture into BPF and embeds it: a policy that does not compile fails the
-//! build. Also turns the kernel's syscall header into a number -> name table, so a refused
+//! build. Each filter is laid out as a search over syscall numbers (`build/seccomp_tree.rs`),
+//! checked against seccompiler's own program before it is written. Also turns the kernel's syscall header into a number -> name table, so a refused
 //! syscall can be named (`--seccomp-log`) and every syscall outside the allow-list tested.
+
+#[path = "build/seccomp_tree.rs"]
+mod seccomp_tree;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,13 +21,18 @@ fn main() {
         "aarch64" => seccompiler::TargetArch::aarch64,
         other => panic!("no seccomp policy for {other}: add seccomp/{other}.json"),
     };
-    let json = std::fs::File::open(&policy).unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
-    let filters = seccompiler::compile_from_json(json, target)
-        .unwrap_or_else(|e| panic!("seccomp policy {} does not compile: {e}", policy.display()));
+    let text =
+        std::fs::read_to_string(&policy).unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("seccomp policy {} is not JSON: {e}", policy.display()));
     for name in ["sandbox", "clone3_enosys", "socket_eafnosupport", "proxy"] {
-        let prog = filters
-            .get(name)
-            .unwrap_or_else(|| panic!("{} has no filter named {name:?}", policy.display()));
+        assert!(
+            json.get(name).is_some(),
+            "{} has no filter named {name:?}",
+            policy.display()
+        );
+        let (prog, linear) = seccomp_tree::tree(&json, name, target);
+        seccomp_tree::check(name, &prog, &linear, audit_arch(&arch));
         let mut bytes = Vec::with_capacity(prog.len() * 8);
         for ins in prog {
             bytes.extend_from_slice(&ins.code.to_ne_bytes());
@@ -35,6 +44,15 @@ fn main() {
     }
 
     std::fs::write(out.join("syscall_names.rs"), syscall_names(&arch)).expect("write OUT_DIR");
+}
+
+/// The `AUDIT_ARCH_*` value seccomp reports for `arch`.
+fn audit_arch(arch: &str) -> u32 {
+    match arch {
+        "x86_64" => 0xc000_003e,
+        "aarch64" => 0xc000_00b7,
+        other => panic!("no audit arch for {other}"),
+    }
 }
 
 /// `[(nr, "name"), ...]` from the kernel's uapi header for `arch`, or an empty table when
