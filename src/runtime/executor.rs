@@ -18,9 +18,9 @@
 //!
 //! `exec()` runs after the start signal: this process stays as a tiny init (pid 1:
 //! reaps zombies, forwards SIGTERM/SIGINT/... to every process of the sandbox, reports
-//! the script's wait status on the status socket) and forks the interpreter, which resets
-//! signals and execs. After `fork()` only the child allocates (its argv arrays; the
-//! process is single-threaded, so that is safe).
+//! the script's wait status on the status socket) and starts the interpreter's process
+//! as posix_spawn does (sharing the init's memory until it execs: see `spawn_python`),
+//! which resets signals and execs.
 
 use std::ffi::CString;
 use std::io;
@@ -64,7 +64,7 @@ pub struct ExecPlan {
     /// own devpts. The init sends pysandbox the master (`pty` line) and keeps no copy;
     /// the interpreter gets the slave as its controlling terminal and stdio.
     pub pty: Option<(u16, u16)>,
-    /// The slave of that terminal, between `prepare` and the fork (-1: none).
+    /// The slave of that terminal, between `prepare` and the interpreter's start (-1: none).
     pub pty_slave: std::sync::atomic::AtomicI32,
     /// pysandbox's end is the other side of this socket: status lines (see [`Status`])
     /// and, with `--seccomp-log`, the seccomp listener (SCM_RIGHTS).
@@ -285,7 +285,7 @@ impl ExecPlan {
         Ok(())
     }
 
-    /// After the start signal: fork the interpreter, stay as init.
+    /// After the start signal: start the interpreter, stay as init.
     fn run_init(&self) -> ! {
         self.stamp(b"start-signal");
         // SAFETY: signal-mask and disposition setup on our own single-threaded process.
@@ -308,7 +308,7 @@ impl ExecPlan {
             }
         }
         // The filter goes on last, after every privilege is gone (no_new_privs is set, so
-        // no capability is needed), on this init and through fork on the interpreter. It
+        // no capability is needed), on this init and inherited by the interpreter. It
         // fails closed: no filter, no script.
         match crate::seccomp::install(&self.seccomp) {
             Ok(None) => {}
@@ -323,21 +323,51 @@ impl ExecPlan {
             }
         }
         self.stamp(b"seccomp-on");
-        // SAFETY: single-threaded; the child only makes async-signal-safe calls below.
-        let pid = unsafe { libc::fork() };
+        let pid = self.spawn_python();
         if pid < 0 {
             self.report(b"exec ", errno());
             // SAFETY: terminating this process.
             unsafe { libc::_exit(126) };
         }
-        if pid == 0 {
-            self.exec_python();
-        }
         self.reap(pid)
     }
 
-    fn exec_python(&self) -> ! {
-        // SAFETY: only async-signal-safe calls on data prepared before fork.
+    /// Starts the interpreter's process the way posix_spawn does: a child that shares
+    /// this init's memory (CLONE_VM) on a stack of its own until it execs, while this
+    /// init waits (CLONE_VFORK). Nothing of the init is copied (a fork would copy its
+    /// page tables, and the exec would then tear the copy down). The child allocates
+    /// nothing (its argv arrays are built here) and no handler can run on the shared
+    /// memory: every signal is blocked until the child has reset them all. Returns the
+    /// child's pid, or -1.
+    fn spawn_python(&self) -> libc::pid_t {
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let job = Spawn {
+            plan: self,
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+        };
+        const STACK: usize = 256 << 10;
+        let mut stack = vec![0u8; STACK];
+        // The stack grows down from its 16-byte aligned top.
+        let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+        // SAFETY: `spawn_child` runs on `stack`, which outlives it (CLONE_VFORK: this call
+        // returns once the child has exec'd or exited); it only reads `job`, which lives
+        // as long, and never returns.
+        unsafe {
+            libc::clone(
+                spawn_child,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                &job as *const Spawn as *mut libc::c_void,
+            )
+        }
+    }
+
+    fn exec_python(&self, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> ! {
+        // SAFETY: only async-signal-safe calls on data prepared before the clone.
         unsafe {
             for sig in 1..libc::SIGRTMAX() {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -366,15 +396,8 @@ impl ExecPlan {
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            // Allocating after fork is fine: this process has a single thread.
-            let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(self.argv.len() + 1);
-            let mut envp: Vec<*const libc::c_char> = Vec::with_capacity(self.envp.len() + 1);
-            argv.extend(self.argv.iter().map(|a| a.as_ptr()));
-            argv.push(std::ptr::null());
-            envp.extend(self.envp.iter().map(|a| a.as_ptr()));
-            envp.push(std::ptr::null());
             self.stamp(b"execve");
-            libc::execve(self.python.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::execve(self.python.as_ptr(), argv, envp);
             self.report(b"exec ", errno());
             libc::_exit(127);
         }
@@ -482,6 +505,19 @@ impl ExecPlan {
         // SAFETY: writing a stack buffer to our status descriptor.
         unsafe { libc::write(self.status_fd, buf.as_ptr().cast(), len) };
     }
+}
+
+/// What the interpreter's process starts from (see `spawn_python`).
+struct Spawn<'a> {
+    plan: &'a ExecPlan,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+extern "C" fn spawn_child(job: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn_python` passes a `Spawn` that outlives this child's use of it.
+    let job = unsafe { &*(job as *const Spawn) };
+    job.plan.exec_python(job.argv, job.envp)
 }
 
 extern "C" fn noop_handler(_: libc::c_int) {}
