@@ -31,8 +31,9 @@ fn main() {
             "{} has no filter named {name:?}",
             policy.display()
         );
-        let (prog, linear) = seccomp_tree::tree(&json, name, target);
-        seccomp_tree::check(name, &prog, &linear, audit_arch(&arch));
+        let laid = seccomp_tree::tree(&json, name, target);
+        seccomp_tree::check(name, &laid, audit_arch(&arch));
+        let prog = laid.program;
         let mut bytes = Vec::with_capacity(prog.len() * 8);
         for ins in prog {
             bytes.extend_from_slice(&ins.code.to_ne_bytes());

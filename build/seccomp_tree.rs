@@ -63,13 +63,18 @@ enum Ins {
     ToBlock(usize),
 }
 
-/// Filter `name` of `policy` (seccompiler's JSON), laid out as a search tree. Returns
-/// it and seccompiler's own program for the same filter.
-pub fn tree(
-    policy: &serde_json::Value,
-    name: &str,
-    arch: TargetArch,
-) -> (Vec<sock_filter>, Vec<sock_filter>) {
+/// A filter laid out as a search tree, with what [`check`] compares it to.
+pub struct Laid {
+    pub program: Vec<sock_filter>,
+    /// seccompiler's own program for the same filter.
+    pub linear: Vec<sock_filter>,
+    /// Each syscall number of the policy and where its rules are in `program` (none:
+    /// the match action whatever the arguments).
+    routes: Vec<(u32, Option<std::ops::Range<usize>>)>,
+}
+
+/// Filter `name` of `policy` (seccompiler's JSON), laid out as a search tree.
+pub fn tree(policy: &serde_json::Value, name: &str, arch: TargetArch) -> Laid {
     let filter = &policy[name];
     let entries = filter["filter"].as_array().expect("a filter has a list");
     let linear = compile(policy, arch).remove(name).expect("compiled");
@@ -140,6 +145,13 @@ pub fn tree(
         starts.push(at);
         at += b.len();
     }
+    let routes = targets
+        .iter()
+        .map(|(nr, t)| match t {
+            Target::Match => (*nr, None),
+            Target::Block(b) => (*nr, Some(starts[*b]..starts[*b] + blocks[*b].len())),
+        })
+        .collect();
     let mut out: Vec<sock_filter> = Vec::with_capacity(at);
     for ins in code {
         let i = match ins {
@@ -155,7 +167,11 @@ pub fn tree(
     // way on to the next syscall, never taken here): it must land inside the program.
     out.push(mismatch);
     assert!(out.len() < 4096, "filter {name} is too long");
-    (out, linear)
+    Laid {
+        program: out,
+        linear,
+        routes,
+    }
 }
 
 /// The search over `t` (sorted by number): inner nodes split on the middle number;
@@ -204,8 +220,19 @@ fn search(t: &[(u32, Target)], mismatch: u32, matched: u32) -> Vec<Ins> {
 /// instruction pointer, six arguments), with only the instructions both programs use.
 /// Returns the action and whether an argument was read on the way.
 fn run(p: &[sock_filter], data: &[u32; 16]) -> (u32, bool) {
+    run_visiting(p, data, &mut |_, _| {})
+}
+
+/// [`run`], telling `visit` each instruction's index and whether an argument was read
+/// before it.
+fn run_visiting(
+    p: &[sock_filter],
+    data: &[u32; 16],
+    visit: &mut dyn FnMut(usize, bool),
+) -> (u32, bool) {
     let (mut pc, mut a, mut read_args) = (0usize, 0u32, false);
     loop {
+        visit(pc, read_args);
         let i = &p[pc];
         pc += 1;
         let cond = |c: bool| if c { i.jt as usize } else { i.jf as usize };
@@ -229,7 +256,39 @@ fn run(p: &[sock_filter], data: &[u32; 16]) -> (u32, bool) {
 /// Fails the build unless `tree` answers as `linear` does: every syscall number below
 /// 1024, numbers with the x32 bit and near the top, the wrong architecture, and, where
 /// either program reads the arguments, many arguments made of the values compared.
-pub fn check(name: &str, tree: &[sock_filter], linear: &[sock_filter], audit_arch: u32) {
+pub fn check(name: &str, laid: &Laid, audit_arch: u32) {
+    let (tree, linear) = (&laid.program[..], &laid.linear[..]);
+    // Each syscall number's path through the tree reads no argument before it reaches
+    // the first instruction of its own rules (seccompiler's code, moved as it is), and
+    // touches no other syscall's rules; a number without rules touches none.
+    for nr in (0..1024).chain(laid.routes.iter().map(|r| r.0)) {
+        let own = laid
+            .routes
+            .iter()
+            .find(|r| r.0 == nr)
+            .and_then(|r| r.1.clone());
+        let mut d = [0u32; 16];
+        d[0] = nr;
+        d[1] = audit_arch;
+        let mut reached = false;
+        run_visiting(tree, &d, &mut |pc, read_args| {
+            for (other, range) in &laid.routes {
+                let Some(range) = range else { continue };
+                if range.contains(&pc) {
+                    assert_eq!(
+                        *other, nr,
+                        "filter {name}: syscall {nr} reaches {other}'s rules"
+                    );
+                    reached |= pc == range.start && !read_args;
+                }
+            }
+        });
+        assert_eq!(
+            reached,
+            own.is_some(),
+            "filter {name}: syscall {nr} misses its rules"
+        );
+    }
     // What the kernel checks before anything runs: every jump, taken or not, lands in
     // the program, which ends in a return.
     for (pc, i) in tree.iter().enumerate() {
