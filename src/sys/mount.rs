@@ -105,65 +105,58 @@ pub fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
 }
 
 /// A user namespace whose root is `uid`/`gid` on the host, as a descriptor for id-mapped
-/// mounts ([`set_mount_attr`]'s `userns`). Made by a short-lived child: call only from a
-/// single-threaded process.
+/// mounts ([`set_mount_attr`]'s `userns`). Made by a short-lived child born in it: call
+/// only from a single-threaded process.
 pub fn idmap_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 with a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: single-threaded; the child only calls unshare/prctl/getppid/write/pause.
-    let pid = unsafe { libc::fork() };
+    // The child only waits to be killed, so it shares this process's memory (nothing is
+    // copied) on a small stack of its own.
+    const STACK: usize = 64 << 10;
+    let mut stack = vec![0u8; STACK];
+    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    // SAFETY: `hold` runs on `stack`, which outlives the child (it is killed and reaped
+    // below, before `stack` is dropped); it touches no memory but its own frame.
+    let pid = unsafe {
+        libc::clone(
+            hold,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
+            parent as usize as *mut libc::c_void,
+        )
+    };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    if pid == 0 {
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-                1
-            } else {
-                0
-            };
-            // Die with pysandbox, even when it is killed before it kills us (set after
-            // the unshare, a credential change that clears it; then check it was not
-            // too late).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            libc::write(w.as_raw_fd(), (&ok as *const u8).cast(), 1);
-            // Stay alive until the parent has opened our namespace and kills us.
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    drop(w);
+    let proc = PathBuf::from(format!("/proc/{pid}"));
     let result = (|| {
-        let mut b = [0u8; 1];
-        let n = nix::unistd::read(r.as_raw_fd(), &mut b).map_err(io::Error::from)?;
-        if n != 1 || b[0] != 1 {
-            return Err(io::Error::other("child could not create a user namespace"));
-        }
-        let proc = PathBuf::from(format!("/proc/{pid}"));
         super::write_existing(&proc.join("uid_map"), format!("0 {uid} 1").as_bytes())?;
         super::write_existing(&proc.join("gid_map"), format!("0 {gid} 1").as_bytes())?;
         let f = fs::File::open(proc.join("ns/user"))?;
         Ok(OwnedFd::from(f))
     })();
-    drop(r);
     // SAFETY: reaping our own child.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
     }
+    drop(stack);
     result
+}
+
+/// The child of [`idmap_userns`]: dies with pysandbox (even one killed before it kills
+/// this child), else waits to be killed.
+extern "C" fn hold(parent: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: async-signal-safe calls only, on this frame.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != parent as usize as libc::pid_t {
+            libc::_exit(1);
+        }
+        loop {
+            libc::pause();
+        }
+    }
 }
 
 /// Mounts an overlay at `target` (nosuid, nodev) from layers inside `base`, named
