@@ -24,7 +24,7 @@ const BPF_JGE_K: u16 = 0x35;
 const BPF_JSET_K: u16 = 0x45;
 const BPF_RET_K: u16 = 0x06;
 
-/// Syscalls tested side by side at most this far in a leaf's linear part.
+/// At most this many syscall numbers are compared one after another in a leaf.
 const LEAF: usize = 8;
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -95,7 +95,6 @@ pub fn tree(policy: &serde_json::Value, name: &str, arch: TargetArch) -> Laid {
         .iter()
         .map(|e| e["syscall"].as_str().expect("an entry names its syscall"))
         .collect();
-    names.dedup();
     names.sort();
     names.dedup();
     let mut targets: Vec<(u32, Target)> = Vec::new();
@@ -253,39 +252,52 @@ fn run_visiting(
     }
 }
 
-/// Fails the build unless `tree` answers as `linear` does: every syscall number below
-/// 1024, numbers with the x32 bit and near the top, the wrong architecture, and, where
-/// either program reads the arguments, many arguments made of the values compared.
+/// Fails the build unless the tree answers as seccompiler's program does: every syscall
+/// number below 1024, numbers with the x32 bit and near the top, the wrong architecture,
+/// and, where either program reads the arguments, many arguments made of the values
+/// compared; and unless every run of the tree only ever runs its own syscall's rules.
 pub fn check(name: &str, laid: &Laid, audit_arch: u32) {
     let (tree, linear) = (&laid.program[..], &laid.linear[..]);
-    // Each syscall number's path through the tree reads no argument before it reaches
-    // the first instruction of its own rules (seccompiler's code, moved as it is), and
-    // touches no other syscall's rules; a number without rules touches none.
+    // Whose rules each instruction of the tree is (none: the search itself).
+    let mut owner: Vec<Option<u32>> = vec![None; tree.len()];
+    for (nr, range) in &laid.routes {
+        for pc in range.clone().into_iter().flatten() {
+            owner[pc] = Some(*nr);
+        }
+    }
+    // Runs the tree on `d`; fails unless only `d`'s own syscall's rules run. Returns
+    // the answer, whether an argument was read, and whether the rules were entered at
+    // their first instruction before any argument was read.
+    let run_own = |d: &[u32; 16]| {
+        let mut entered = false;
+        let (action, read_args) = run_visiting(tree, d, &mut |pc, read_args| {
+            if let Some(o) = owner[pc] {
+                assert_eq!(
+                    o, d[0],
+                    "filter {name}: syscall {:#x} runs {o}'s rules",
+                    d[0]
+                );
+                let start = laid
+                    .routes
+                    .iter()
+                    .find(|r| r.0 == o)
+                    .and_then(|r| r.1.clone());
+                entered |= start.is_some_and(|r| r.start == pc) && !read_args;
+            }
+        });
+        (action, read_args, entered)
+    };
+    // Each syscall number's path reaches the first instruction of its own rules
+    // (seccompiler's code, moved as it is) before reading an argument; a number without
+    // rules runs none.
     for nr in (0..1024).chain(laid.routes.iter().map(|r| r.0)) {
-        let own = laid
-            .routes
-            .iter()
-            .find(|r| r.0 == nr)
-            .and_then(|r| r.1.clone());
+        let has_rules = laid.routes.iter().any(|r| r.0 == nr && r.1.is_some());
         let mut d = [0u32; 16];
         d[0] = nr;
         d[1] = audit_arch;
-        let mut reached = false;
-        run_visiting(tree, &d, &mut |pc, read_args| {
-            for (other, range) in &laid.routes {
-                let Some(range) = range else { continue };
-                if range.contains(&pc) {
-                    assert_eq!(
-                        *other, nr,
-                        "filter {name}: syscall {nr} reaches {other}'s rules"
-                    );
-                    reached |= pc == range.start && !read_args;
-                }
-            }
-        });
+        let (_, _, entered) = run_own(&d);
         assert_eq!(
-            reached,
-            own.is_some(),
+            entered, has_rules,
             "filter {name}: syscall {nr} misses its rules"
         );
     }
@@ -353,7 +365,7 @@ pub fn check(name: &str, laid: &Laid, audit_arch: u32) {
                         d[4..].iter_mut().for_each(|x| *x = w);
                     }
                 }
-                let ((t, t_args), (l, l_args)) = (run(tree, &d), run(linear, &d));
+                let ((t, t_args, _), (l, l_args)) = (run_own(&d), run(linear, &d));
                 assert_eq!(
                     t, l,
                     "filter {name}: the tree answers {t:#x}, seccompiler's program {l:#x}, for {d:x?}"

@@ -338,7 +338,7 @@ impl ExecPlan {
     /// page tables, and the exec would then tear the copy down). The child allocates
     /// nothing (its argv arrays are built here) and no handler can run on the shared
     /// memory: every signal is blocked until the child has reset them all. Returns the
-    /// child's pid, or -1.
+    /// child's pid, or -1 (errno set).
     fn spawn_python(&self) -> libc::pid_t {
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -349,21 +349,18 @@ impl ExecPlan {
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
         };
-        const STACK: usize = 256 << 10;
-        let mut stack = vec![0u8; STACK];
-        // The stack grows down from its 16-byte aligned top.
-        let top = (stack.as_mut_ptr() as usize + STACK) & !15;
-        // SAFETY: `spawn_child` runs on `stack`, which outlives it (CLONE_VFORK: this call
-        // returns once the child has exec'd or exited); it only reads `job`, which lives
-        // as long, and never returns.
-        unsafe {
-            libc::clone(
+        // SAFETY: CLONE_VFORK: the call returns once the child has exec'd or exited, so
+        // its stack and `job` outlive it; `spawn_child` never returns, allocates nothing
+        // and makes only async-signal-safe calls (see exec_python).
+        let spawned = unsafe {
+            crate::sys::clone_sharing_memory(
                 spawn_child,
-                top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 &job as *const Spawn as *mut libc::c_void,
+                libc::CLONE_VFORK | libc::SIGCHLD,
+                256 << 10,
             )
-        }
+        };
+        spawned.map_or(-1, |(pid, _stack)| pid)
     }
 
     fn exec_python(&self, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> ! {

@@ -186,6 +186,33 @@ pub fn fork_detached(keep: &[std::os::fd::RawFd]) -> io::Result<bool> {
     Ok(true)
 }
 
+/// A child that shares this process's memory (CLONE_VM, added to `flags`) and runs
+/// `f(arg)` on a zeroed stack of its own, `stack` bytes, as glibc's clone() does. Returns
+/// its pid and that stack.
+///
+/// # Safety
+/// The returned stack must outlive the child's use of it (drop it only once the child
+/// has exec'd, exited or been reaped: CLONE_VFORK makes this call return after its exec
+/// or exit); `f` must not return, must make only async-signal-safe calls and must not
+/// allocate or touch memory this process may be changing meanwhile (with CLONE_VFORK
+/// this process is stopped until then); `arg` must stay valid as long as `f` reads it.
+pub unsafe fn clone_sharing_memory(
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    flags: libc::c_int,
+    stack: usize,
+) -> io::Result<(libc::pid_t, Vec<u8>)> {
+    let mut stack = vec![0u8; stack];
+    // The stack grows down from its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the caller's promises above.
+    let pid = unsafe { libc::clone(f, top as *mut libc::c_void, flags | libc::CLONE_VM, arg) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((pid, stack))
+}
+
 /// Ends this process at once (no destructors, no atexit handlers): the end of a
 /// [`fork_detached`] child.
 pub fn exit_now(code: i32) -> ! {

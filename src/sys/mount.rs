@@ -110,24 +110,18 @@ pub fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
 pub fn idmap_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };
-    // The child only waits to be killed, so it shares this process's memory (nothing is
+    // The child only waits to be killed: it shares this process's memory (nothing is
     // copied) on a small stack of its own.
-    const STACK: usize = 64 << 10;
-    let mut stack = vec![0u8; STACK];
-    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
-    // SAFETY: `hold` runs on `stack`, which outlives the child (it is killed and reaped
-    // below, before `stack` is dropped); it touches no memory but its own frame.
-    let pid = unsafe {
-        libc::clone(
+    // SAFETY: the stack is dropped only after the child is killed and reaped below;
+    // `hold` never returns and touches nothing but its own frame.
+    let (pid, stack) = unsafe {
+        super::clone_sharing_memory(
             hold,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
             parent as usize as *mut libc::c_void,
-        )
+            libc::CLONE_NEWUSER | libc::SIGCHLD,
+            64 << 10,
+        )?
     };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let result = (|| {
         super::write_existing(&proc.join("uid_map"), format!("0 {uid} 1").as_bytes())?;
