@@ -213,6 +213,7 @@ fn workers_with(tag: &str) -> Vec<i32> {
                 .map(|c| String::from_utf8_lossy(&c).contains(tag))
                 .unwrap_or(false)
         })
+        .filter(not_a_holder)
         .collect()
 }
 

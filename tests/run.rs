@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 each_mode!(exit_status_and_streams, |who| {
@@ -753,3 +754,40 @@ each_mode!(
         );
     }
 );
+
+each_mode!(sigkill_at_any_moment_leaves_no_process, |who| {
+    // pysandbox SIGKILLed while it creates the sandbox: libcontainer's intermediate
+    // process, blocked on a channel whose other end it holds itself, outlived it (and
+    // held the run's lock) until pysandbox made every process after its staging in a pid
+    // namespace whose init dies with it. In a session of its own, as from a terminal.
+    let marker = unique("killed");
+    let dir = workdir(who);
+    let code = format!("import time; time.sleep(30)  # {marker}");
+    // The image ready first: the kills land in the sandbox's creation, not in a build.
+    let o = run_in(who, dir.path(), &["run", "--no-fs", "--code", "pass"], b"");
+    assert_code(&o, 0, "warm-up run");
+    for i in 0..30u64 {
+        let inner = command(who, dir.path(), &["run", "--no-fs", "--code", &code]);
+        let mut child = Command::new("setsid")
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5 * i));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let left = wait_gone(&marker, Duration::from_secs(10));
+    let described: Vec<String> = left
+        .iter()
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} {}", comm.trim())
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {described:?}");
+});

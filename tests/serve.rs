@@ -124,6 +124,7 @@ impl Server {
                     .map(|c| String::from_utf8_lossy(&c).contains(&self.tag))
                     .unwrap_or(false)
             })
+            .filter(not_a_holder)
             .collect()
     }
 

@@ -118,7 +118,7 @@ fn receive_namespaces(status: &OwnedFd) -> Result<(OwnedFd, OwnedFd), RuntimeErr
 }
 
 /// One descriptor the executor sent with `tag` before `build()` returned.
-fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, RuntimeError> {
+pub(super) fn receive_fd(status: &OwnedFd, tag: &[u8]) -> Result<OwnedFd, RuntimeError> {
     let step = "receiving the sandbox's namespaces and sockets";
     // Already sent, before build() returned: never wait long for it.
     let mut fds = [nix::poll::PollFd::new(

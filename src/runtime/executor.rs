@@ -34,6 +34,9 @@ use libcontainer::workload::{
 
 use crate::spec::{SANDBOX_GID, SANDBOX_UID};
 
+/// What the init sends first on the status socket, with a pidfd of itself.
+pub(super) const INIT_TAG: &[u8] = b"init 0\n";
+
 /// Signals the init forwards to every process of the sandbox.
 const FORWARDED: &[libc::c_int] = &[
     libc::SIGTERM,
@@ -146,6 +149,19 @@ fn write_file(path: &str, data: &str) -> Result<(), String> {
 
 impl ExecPlan {
     fn prepare(&self) -> Result<(), String> {
+        // This process itself, first: libcontainer names it by its pid in the namespace
+        // where its intermediate process ran, not in pysandbox's (see
+        // sys::PidNamespace).
+        // SAFETY: pidfd_open of this process (pid 1 of its namespace); owned below.
+        let me = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if me < 0 {
+            return Err(err("opening a pidfd of the sandbox's init"));
+        }
+        // SAFETY: a fresh descriptor, owned (and closed) here.
+        let me =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(me as RawFd) };
+        crate::sys::send_fd(self.status_fd, INIT_TAG, &me);
+        drop(me);
         self.stamp(b"init-hook");
         scrub_own_cmdline();
         // SAFETY: PR_SET_NAME with a NUL-terminated buffer.
@@ -190,13 +206,7 @@ impl ExecPlan {
         // The parent-death signal only fires for a death after it is set: if pysandbox
         // died before (a SIGKILL during build()), nobody would ever start or kill this
         // init, blocked on the start signal. Its pidfd says whether it is gone.
-        let mut p = libc::pollfd {
-            fd: self.parent_pidfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one valid pollfd, without waiting.
-        if unsafe { libc::poll(&mut p, 1, 0) } > 0 {
+        if crate::sys::exited(self.parent_pidfd) {
             // SAFETY: terminating this process.
             unsafe { libc::_exit(137) };
         }
@@ -452,6 +462,11 @@ impl ExecPlan {
 
     /// With `timing`: `time <step> <ns>\n` (CLOCK_MONOTONIC), without allocating.
     fn stamp(&self, step: &[u8]) {
+        self.stamp_at(step, crate::sys::monotonic_ns());
+    }
+
+    /// As [`ExecPlan::stamp`], for a time taken earlier.
+    fn stamp_at(&self, step: &[u8], ns: i64) {
         if !self.timing {
             return;
         }
@@ -460,11 +475,7 @@ impl ExecPlan {
         tag[..5].copy_from_slice(b"time ");
         tag[5..5 + n].copy_from_slice(&step[..n]);
         tag[5 + n] = b' ';
-        // SAFETY: clock_gettime into a stack timespec.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        self.report(&tag[..6 + n], ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+        self.report(&tag[..6 + n], ns);
     }
 
     /// Writes `<tag><n>\n` to the status socket without allocating.

@@ -412,7 +412,7 @@ fn create(
         seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
         timing: timing(),
     };
-    let container = ContainerBuilder::new(r.id.to_string(), SyscallType::default())
+    let mut container = ContainerBuilder::new(r.id.to_string(), SyscallType::default())
         .with_executor(executor::SandboxExecutor::new(plan))
         .with_root_path(state)
         .map_err(lc_err("setting the state directory"))?
@@ -427,11 +427,12 @@ fn create(
         .build()
         .map_err(lc_err("creating the sandbox"))?;
     drop(status_w);
-    let init_pid = container
-        .pid()
-        .ok_or_else(|| input_err("the sandbox has no init process".into()))?
-        .as_raw();
-    let pidfd = sys::pidfd_open(init_pid).map_err(io_err("watching the sandbox"))?;
+    // libcontainer knows the init by its pid where its intermediate process ran, in the
+    // pid namespace of launch's sys::PidNamespace; the init sent a pidfd of itself,
+    // which names it here.
+    let pidfd = attach::receive_fd(&status_r, executor::INIT_TAG)?;
+    let init_pid = sys::pidfd_pid(&pidfd).map_err(io_err("watching the sandbox"))?;
+    container.set_pid(init_pid);
     let signals = SignalFd::with_flags(
         &relayed(r.policy),
         SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
@@ -467,6 +468,13 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     let (state, bundle) = (r.mnt.join("state"), r.mnt.join("bundle"));
     write_spec(r, &staged, &argv, &env, &rlimits, &bundle)?;
     mark("spec saved");
+    // Everything made from here on (libcontainer's processes, the sandbox, the helpers)
+    // dies with pysandbox, however it ends; dropped last, when launch returns.
+    let _pid_ns = sys::PidNamespace::enter().map_err(|source| RuntimeError::Host {
+        step: "creating a pid namespace for the sandbox's processes",
+        source,
+        hint: "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
+    })?;
     let mut t0 = Instant::now();
     let mut c = create(r, &state, &bundle, &argv, &env)?;
     if r.mode.is_root() {

@@ -114,6 +114,21 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
+/// The pid, in this process's `/proc`, of the process a pidfd refers to (its fdinfo).
+pub fn pidfd_pid(pidfd: &OwnedFd) -> io::Result<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    match info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+    {
+        Some(pid) if pid > 0 => Ok(pid),
+        _ => Err(io::Error::other(
+            "the process is gone or not visible in this /proc",
+        )),
+    }
+}
+
 /// Fills `buf` from the kernel's random pool.
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut off = 0;
@@ -211,6 +226,89 @@ pub unsafe fn clone_sharing_memory(
         return Err(io::Error::last_os_error());
     }
     Ok((pid, stack))
+}
+
+/// The body of a child made by [`clone_sharing_memory`] that only holds something (a
+/// namespace it was born in) until it is killed: it dies with this process, even one
+/// that died before it could set that up, else waits. `arg` is a pidfd of this process
+/// (its parent), which the child's copy of the descriptor table holds.
+pub extern "C" fn hold(parent_pidfd: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: async-signal-safe calls only, on this frame.
+    unsafe {
+        // Its own name: it shows pysandbox's command line (their memory is one).
+        libc::prctl(libc::PR_SET_NAME, c"pysandbox-hold".as_ptr(), 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if exited(parent_pidfd as usize as RawFd) {
+            libc::_exit(1);
+        }
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// Whether the process of `pidfd` has exited (a pidfd is readable then), without
+/// waiting or allocating. A child that sets its parent-death signal checks its parent
+/// this way: the signal only covers a death after it is set, and `getppid()` says 0
+/// when the parent is outside the child's pid namespace (see [`PidNamespace`]).
+pub fn exited(pidfd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd on this frame, without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) != 0 }
+}
+
+/// A pid namespace for this process's later children, whose init is a child that dies
+/// with this process ([`hold`]). However pysandbox ends, SIGKILL included, the kernel
+/// then kills every process of the namespace: libcontainer's intermediate and init
+/// (which otherwise outlive a pysandbox killed while it creates them, blocked forever on
+/// channels whose other end they hold themselves), the helpers, the sandbox. Dropping it
+/// kills and reaps the init, and with it whatever is left in the namespace; this
+/// process cannot make children after that (the kernel refuses a fork into a pid
+/// namespace whose init is gone), so it is the last step of a run. Single-threaded
+/// callers only.
+pub struct PidNamespace {
+    init: libc::pid_t,
+    _stack: Vec<u8>,
+    _pidfd: OwnedFd,
+}
+
+impl PidNamespace {
+    pub fn enter() -> io::Result<PidNamespace> {
+        let pidfd = pidfd_open(std::process::id() as i32)?;
+        // SAFETY: unshare with a constant flag; only this process's later children are
+        // affected.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) } as libc::c_long)?;
+        // The first child is the namespace's init. SAFETY: the stack and the pidfd live
+        // in the returned value until the child is killed and reaped (drop); `hold`
+        // never returns and touches nothing but its own frame.
+        let (init, stack) = unsafe {
+            clone_sharing_memory(
+                hold,
+                pidfd.as_raw_fd() as usize as *mut libc::c_void,
+                libc::SIGCHLD,
+                64 << 10,
+            )?
+        };
+        Ok(PidNamespace {
+            init,
+            _stack: stack,
+            _pidfd: pidfd,
+        })
+    }
+}
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.init, libc::SIGKILL);
+            libc::waitpid(self.init, std::ptr::null_mut(), libc::__WALL);
+        }
+    }
 }
 
 /// Ends this process at once (no destructors, no atexit handlers): the end of a

@@ -108,16 +108,15 @@ pub fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
 /// mounts ([`set_mount_attr`]'s `userns`). Made by a short-lived child born in it: call
 /// only from a single-threaded process.
 pub fn idmap_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: getpid cannot fail.
-    let parent = unsafe { libc::getpid() };
+    let own = super::pidfd_open(std::process::id() as i32)?;
     // The child only waits to be killed: it shares this process's memory (nothing is
     // copied) on a small stack of its own.
-    // SAFETY: the stack is dropped only after the child is killed and reaped below;
-    // `hold` never returns and touches nothing but its own frame.
+    // SAFETY: the stack and the pidfd are dropped only after the child is killed and
+    // reaped below; `hold` never returns and touches nothing but its own frame.
     let (pid, stack) = unsafe {
         super::clone_sharing_memory(
-            hold,
-            parent as usize as *mut libc::c_void,
+            super::hold,
+            own.as_raw_fd() as usize as *mut libc::c_void,
             libc::CLONE_NEWUSER | libc::SIGCHLD,
             64 << 10,
         )?
@@ -135,22 +134,8 @@ pub fn idmap_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
         libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
     }
     drop(stack);
+    drop(own);
     result
-}
-
-/// The child of [`idmap_userns`]: dies with pysandbox (even one killed before it kills
-/// this child), else waits to be killed.
-extern "C" fn hold(parent: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: async-signal-safe calls only, on this frame.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        if libc::getppid() != parent as usize as libc::pid_t {
-            libc::_exit(1);
-        }
-        loop {
-            libc::pause();
-        }
-    }
 }
 
 /// Mounts an overlay at `target` (nosuid, nodev) from layers inside `base`, named

@@ -562,6 +562,12 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     v
 }
 
+/// Whether `pid` is not a pid-namespace holder of a pysandbox process (`pysandbox-hold`,
+/// which shares its memory, so its command line): to count pysandbox's own processes.
+pub fn not_a_holder(pid: &i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "pysandbox-hold")
+}
+
 /// Waits up to `limit` for no process to carry `marker`.
 pub fn wait_gone(marker: &str, limit: Duration) -> Vec<i32> {
     let t = Instant::now();

@@ -108,14 +108,17 @@ pub fn start(
     };
     let (stop_r, stop_w) = pipe()?;
     let (log_r, log_w) = pipe()?;
-    let parent = std::process::id() as libc::pid_t;
+    // The proxy is made in the pid namespace of sys::PidNamespace, where pysandbox has no
+    // pid: it checks pysandbox through a pidfd.
+    let parent =
+        crate::sys::pidfd_open(std::process::id() as i32).map_err(io_err("watching pysandbox"))?;
     // SAFETY: pysandbox is single-threaded (runtime's contract), so the child may
     // allocate and start threads; it never returns from `serve_in_child`.
     match unsafe { libc::fork() } {
         -1 => Err(io_err("starting the proxy")(io::Error::last_os_error())),
         0 => {
             let keep = [listener.as_raw_fd(), stop_r.as_raw_fd(), log_w.as_raw_fd()];
-            let code = match confine(&keep, parent, run_as) {
+            let code = match confine(&keep, parent.as_raw_fd(), run_as) {
                 Ok(()) => {
                     accept::serve(listener, stop_r, log_w, allow.clone());
                     0
@@ -184,7 +187,7 @@ impl Drop for Proxy {
 }
 
 /// In the child, before it reads anything from the sandbox.
-fn confine(keep: &[RawFd], parent: libc::pid_t, run_as: Option<(u32, u32)>) -> io::Result<()> {
+fn confine(keep: &[RawFd], parent: RawFd, run_as: Option<(u32, u32)>) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -211,7 +214,7 @@ fn confine(keep: &[RawFd], parent: libc::pid_t, run_as: Option<(u32, u32)>) -> i
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-        if libc::getppid() != parent {
+        if crate::sys::exited(parent) {
             libc::_exit(1);
         }
         // stdio: /dev/null (the caller's terminal or pipes are none of its business).
