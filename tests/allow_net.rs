@@ -589,3 +589,27 @@ each_mode!(image_build_installs_through_the_allow_list, |who| {
     assert_code(&o, 0, "run the built image");
     assert_eq!(stdout(&o), "42\n");
 });
+
+each_mode!(the_timing_log_keeps_the_proxy_working, |who| {
+    // The init sends the proxy's socket as a message of its own on the status socket; its
+    // first timing mark, a line of text, once came before and was read in its place.
+    let dir = workdir(who);
+    let o = run_in(
+        who,
+        dir.path(),
+        &[
+            "--log-level",
+            "pysandbox::timing=debug",
+            "run",
+            "--no-fs",
+            "--allow-net",
+            "127.0.0.1:9",
+            "--code",
+            "print(3)",
+        ],
+        b"",
+    );
+    assert_code(&o, 0, "a run with --allow-net and the timing log");
+    assert_eq!(stdout(&o), "3\n");
+    assert!(stderr(&o).contains("sandbox: init-hook"), "{}", stderr(&o));
+});

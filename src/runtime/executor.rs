@@ -162,7 +162,9 @@ impl ExecPlan {
             unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(me as RawFd) };
         crate::sys::send_fd(self.status_fd, INIT_TAG, &me);
         drop(me);
-        self.stamp(b"init-hook");
+        // Stamped once the descriptors below are sent: pysandbox reads them one by one
+        // before the status text, so no text may come between them.
+        let hooked = crate::sys::monotonic_ns();
         scrub_own_cmdline();
         // SAFETY: PR_SET_NAME with a NUL-terminated buffer.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"pysandbox-init".as_ptr(), 0, 0, 0) };
@@ -194,6 +196,7 @@ impl ExecPlan {
             self.pty_slave
                 .store(slave, std::sync::atomic::Ordering::Relaxed);
         }
+        self.stamp_at(b"init-hook", hooked);
         self.enter_unprivileged_userns()?;
         crate::sys::drop_all_capabilities().map_err(|e| format!("dropping capabilities: {e}"))?;
         // Set after the last credential change (which clears it): when pysandbox dies,
