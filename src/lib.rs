@@ -48,7 +48,8 @@ pub use session::{Execution, Session, SessionError};
 /// helper processes) only: it must be called from a single-threaded process (libcontainer
 /// forks with raw `clone3`; pysandbox enters a user namespace of its own, which the
 /// kernel allows only to a single-threaded process), and it leaves this process in other
-/// namespaces with signals blocked. Libraries use [`Sandbox`].
+/// namespaces with signals blocked, unable to make children (their pid namespace's init
+/// is gone once the run is over). Libraries use [`Sandbox`].
 #[doc(hidden)]
 pub fn run_in_this_process(policy: &policy::RunPolicy) -> Result<RunReport, Error> {
     // The request is checked before the image: a typo fails before any image work.
