@@ -260,7 +260,12 @@ pub fn check(name: &str, laid: &Laid, audit_arch: u32) {
     let (tree, linear) = (&laid.program[..], &laid.linear[..]);
     // Whose rules each instruction of the tree is (none: the search itself).
     let mut owner: Vec<Option<u32>> = vec![None; tree.len()];
+    // Whether an instruction is the first of its syscall's rules.
+    let mut first = vec![false; tree.len()];
     for (nr, range) in &laid.routes {
+        if let Some(r) = range {
+            first[r.start] = true;
+        }
         for pc in range.clone().into_iter().flatten() {
             owner[pc] = Some(*nr);
         }
@@ -277,12 +282,7 @@ pub fn check(name: &str, laid: &Laid, audit_arch: u32) {
                     "filter {name}: syscall {:#x} runs {o}'s rules",
                     d[0]
                 );
-                let start = laid
-                    .routes
-                    .iter()
-                    .find(|r| r.0 == o)
-                    .and_then(|r| r.1.clone());
-                entered |= start.is_some_and(|r| r.start == pc) && !read_args;
+                entered |= first[pc] && !read_args;
             }
         });
         (action, read_args, entered)

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 each_mode!(exit_status_and_streams, |who| {
@@ -766,21 +766,14 @@ each_mode!(sigkill_at_any_moment_leaves_no_process, |who| {
     // The image ready first: the kills land in the sandbox's creation, not in a build.
     let o = run_in(who, dir.path(), &["run", "--no-fs", "--code", "pass"], b"");
     assert_code(&o, 0, "warm-up run");
-    for i in 0..30u64 {
+    kill_while_starting(30, Duration::from_millis(5), || {
         let inner = command(who, dir.path(), &["run", "--no-fs", "--code", &code]);
-        let mut child = Command::new("setsid")
-            .arg(inner.get_program())
+        let mut c = Command::new("setsid");
+        c.arg(inner.get_program())
             .args(inner.get_args())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(5 * i));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+            .current_dir(dir.path());
+        c
+    });
     let left = wait_gone(&marker, Duration::from_secs(10));
     let described: Vec<String> = left
         .iter()

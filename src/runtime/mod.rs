@@ -370,8 +370,10 @@ struct Created {
     status_r: OwnedFd,
 }
 
+/// `pysandbox`: a pidfd of this process, by which the init knows whether it is gone.
 fn create(
     r: &RunCtx,
+    pysandbox: BorrowedFd<'_>,
     state: &Path,
     bundle: &Path,
     argv: &[String],
@@ -393,8 +395,6 @@ fn create(
         nix::unistd::setgroups(&[])
             .map_err(|e| io_err("dropping supplementary groups")(e.into()))?;
     }
-    let own_pidfd =
-        sys::pidfd_open(std::process::id() as i32).map_err(io_err("watching pysandbox"))?;
     let plan = executor::ExecPlan {
         python: cstring(&r.image.python)?,
         argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -408,7 +408,7 @@ fn create(
         pty: r.policy.interactive.then(terminal::window_size),
         pty_slave: std::sync::atomic::AtomicI32::new(-1),
         status_fd: status_w.as_raw_fd(),
-        parent_pidfd: own_pidfd.as_raw_fd(),
+        parent_pidfd: pysandbox.as_raw_fd(),
         seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
         timing: timing(),
     };
@@ -470,13 +470,13 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     mark("spec saved");
     // Everything made from here on (libcontainer's processes, the sandbox, the helpers)
     // dies with pysandbox, however it ends; dropped last, when launch returns.
-    let _pid_ns = sys::PidNamespace::enter().map_err(|source| RuntimeError::Host {
+    let pid_ns = sys::PidNamespace::enter().map_err(|source| RuntimeError::Host {
         step: "creating a pid namespace for the sandbox's processes",
         source,
         hint: "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
     })?;
     let mut t0 = Instant::now();
-    let mut c = create(r, &state, &bundle, &argv, &env)?;
+    let mut c = create(r, pid_ns.parent(), &state, &bundle, &argv, &env)?;
     if r.mode.is_root() {
         not_capped.extend(host::cap_user_namespace(c.init_pid, &user_sysctls));
     }

@@ -273,7 +273,7 @@ pub fn exited(pidfd: RawFd) -> bool {
 pub struct PidNamespace {
     init: libc::pid_t,
     _stack: Vec<u8>,
-    _pidfd: OwnedFd,
+    pidfd: OwnedFd,
 }
 
 impl PidNamespace {
@@ -296,8 +296,15 @@ impl PidNamespace {
         Ok(PidNamespace {
             init,
             _stack: stack,
-            _pidfd: pidfd,
+            pidfd,
         })
+    }
+
+    /// A pidfd of this process (the init's parent), for other children that must check
+    /// whether it is gone.
+    pub fn parent(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pidfd.as_fd()
     }
 }
 

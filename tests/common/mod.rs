@@ -568,6 +568,23 @@ pub fn not_a_holder(pid: &i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "pysandbox-hold")
 }
 
+/// Starts `cmd()` `runs` times (no stdio) and SIGKILLs run `i` `i * step` after its
+/// start: moments spread over a run's start-up.
+pub fn kill_while_starting(runs: u32, step: Duration, mut cmd: impl FnMut() -> Command) {
+    for i in 0..runs {
+        let mut child = cmd()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(step * i);
+        // Our own child (setpriv/unshare/setsid exec into pysandbox), not reaped yet.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 /// Waits up to `limit` for no process to carry `marker`.
 pub fn wait_gone(marker: &str, limit: Duration) -> Vec<i32> {
     let t = Instant::now();
