@@ -784,3 +784,55 @@ each_mode!(sigkill_at_any_moment_leaves_no_process, |who| {
         .collect();
     assert!(left.is_empty(), "left behind: {described:?}");
 });
+
+#[test]
+fn a_process_limit_reached_while_creating_ends_in_an_error_not_a_hang() {
+    // The ordinary user's RLIMIT_NPROC (root is exempt) at 1 to 8 processes: the limit
+    // strikes at each step of the sandbox's creation in turn (its pid namespace's init,
+    // libcontainer's intermediate, the init...). pysandbox once waited forever there: the
+    // pid namespace's init, dying, waited for pysandbox to reap libcontainer's
+    // intermediate, while pysandbox waited for the init.
+    let who = Who::User;
+    let marker = unique("nproc");
+    let dir = workdir(who);
+    let code = format!("print('ran')  # {marker}");
+    let o = run_in(who, dir.path(), &["run", "--no-fs", "--code", "pass"], b"");
+    assert_code(&o, 0, "warm-up run");
+    for n in 1..=8 {
+        let plain = command(who, dir.path(), &["run", "--no-fs", "--code", &code]);
+        let mut args: Vec<std::ffi::OsString> = std::iter::once(plain.get_program())
+            .chain(plain.get_args())
+            .map(Into::into)
+            .collect();
+        let at = args.iter().position(|a| a == bin().as_os_str()).unwrap();
+        args.splice(at..at, ["prlimit".into(), format!("--nproc={n}").into()]);
+        let mut child = Command::new(&args[0])
+            .args(&args[1..])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("with --nproc={n} pysandbox did not end within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        match o.status.code() {
+            Some(0) => assert_eq!(stdout(&o), "ran\n", "--nproc={n}"),
+            Some(125) => assert!(
+                stderr(&o).starts_with("pysandbox: error: ") && stderr(&o).lines().count() == 1,
+                "--nproc={n}: {}",
+                stderr(&o)
+            ),
+            _ => panic!("--nproc={n}: {:?} {}", o.status, stderr(&o)),
+        }
+    }
+    let left = wait_gone(&marker, Duration::from_secs(10));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -310,12 +310,100 @@ impl PidNamespace {
 
 impl Drop for PidNamespace {
     fn drop(&mut self) {
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(self.init, libc::SIGKILL);
-            libc::waitpid(self.init, std::ptr::null_mut(), libc::__WALL);
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(self.init, libc::SIGKILL) };
+        reap_namespace(self.init);
+    }
+}
+
+/// Reaps `init`, the killed init of a pid namespace this process made. Dying, an init
+/// waits until every process of its namespace has been reaped, this process's children
+/// in it included (libcontainer's intermediate and init after a failed create): they are
+/// reaped here first, else this process and the init would wait for each other forever.
+fn reap_namespace(init: libc::pid_t) {
+    let depth = pid_depth("self");
+    let reap = |pid: libc::pid_t| {
+        // SAFETY: waitpid on a child of ours, no status wanted.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) }
+    };
+    loop {
+        match next_waitable_child() {
+            Some(pid) if pid == init => {
+                reap(init);
+                return;
+            }
+            Some(pid) if pid_depth(&pid.to_string()) > depth => {
+                reap(pid);
+            }
+            // Another child of this process's, not ours to reap, is first in line (or
+            // none is left): find those of the namespace in /proc.
+            _ => break,
         }
     }
+    for pid in children_deeper_than(depth) {
+        reap(pid);
+    }
+    reap(init);
+}
+
+/// The first child of this process that has ended (or blocks until one does), left
+/// waitable; None without children.
+fn next_waitable_child() -> Option<libc::pid_t> {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if r == 0 {
+            // SAFETY: waitid filled a SIGCHLD siginfo, whose si_pid is valid.
+            return Some(unsafe { info.si_pid() });
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
+/// How many pid namespaces process `pid` (a number, or `self`) has a pid in (its
+/// `NSpid` line); 0 if it is gone.
+fn pid_depth(pid: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|v| v.split_whitespace().count())
+        })
+        .unwrap_or(0)
+}
+
+/// The children of this process that live in a pid namespace below its own (a scan of
+/// /proc: the kernel here may not list a process's children).
+fn children_deeper_than(depth: usize) -> Vec<libc::pid_t> {
+    let me = std::process::id() as libc::pid_t;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            // The parent is the 2nd field after the command's closing parenthesis.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<libc::pid_t>().ok()
+                })
+                == Some(me)
+        })
+        .filter(|pid| pid_depth(&pid.to_string()) > depth)
+        .collect()
 }
 
 /// Ends this process at once (no destructors, no atexit handlers): the end of a
