@@ -753,7 +753,15 @@ each_mode!(network_keeps_the_pids_budget, |who| {
         return;
     }
     // pasta runs in the sandbox's pid namespace as its user: it must not take one of
-    // the script's --pids.
+    // the script's --pids. The image ready first: storing a default image just built
+    // goes on beside the first run, in a process of the user's, which RLIMIT_NPROC counts.
+    let o = run_in(
+        who,
+        workdir(who).path(),
+        &["run", "--no-fs", "--code", "pass"],
+        b"",
+    );
+    assert_code(&o, 0, "warm-up run");
     let forks = r#"
 import os, time
 n, kids = 0, []

@@ -672,7 +672,10 @@ fn write_spec(
         limit_swap: matches!(r.cgroups, CgroupSupport::V1 { memsw: true }),
         limit_kernel_tcp: matches!(r.cgroups, CgroupSupport::V1 { .. }),
         limits: r.policy.limits.clone(),
-        rlimits: with_pasta_slot(rlimits, r.pasta.is_some()),
+        rlimits: with_nproc_slots(
+            rlimits,
+            u64::from(r.pasta.is_some()) + if r.mode.is_root() { 0 } else { 2 },
+        ),
     })?;
     mark("staged");
     spec.save(bundle.join("config.json"))
@@ -698,18 +701,20 @@ fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
     }
 }
 
-/// pasta lives in the sandbox's pid namespace as the sandbox's user, so RLIMIT_NPROC
-/// counts it: one more process, so that the script keeps the --pids it was given.
-fn with_pasta_slot(rlimits: &[spec::Rlimit], pasta: bool) -> Vec<spec::Rlimit> {
+/// RLIMIT_NPROC raised by `slots` processes of the sandbox's user that are not the
+/// script's, so that the script keeps the --pids it was given: pasta, which lives in the
+/// sandbox's pid namespace as the sandbox's user; rootless, where the sandbox's user is
+/// pysandbox's, pysandbox itself and its pid namespace's init (`sys::PidNamespace`).
+fn with_nproc_slots(rlimits: &[spec::Rlimit], slots: u64) -> Vec<spec::Rlimit> {
     let mut out = rlimits.to_vec();
-    if pasta {
+    if slots > 0 {
         let (_, inherited_hard) = sys::getrlimit(libc::RLIMIT_NPROC);
         for r in out
             .iter_mut()
             .filter(|r| r.kind == libcontainer::oci_spec::runtime::PosixRlimitType::RlimitNproc)
         {
-            r.hard = r.hard.saturating_add(1).min(inherited_hard);
-            r.soft = r.soft.saturating_add(1).min(r.hard);
+            r.hard = r.hard.saturating_add(slots).min(inherited_hard);
+            r.soft = r.soft.saturating_add(slots).min(r.hard);
         }
     }
     out
