@@ -2,8 +2,8 @@
 //! and CPU on this host and where a run's cgroup goes (`cgroup2`: delegated subtrees,
 //! systemd scopes), and removal of cgroups that a killed pysandbox left behind. Owns no
 //! process: cgroup v1 values are handed to the spec and applied by libcontainer; a
-//! cgroup v2 run's cgroup is made and filled here, before libcontainer moves the sandbox
-//! into it.
+//! cgroup v2 run's cgroup is made and filled here, before the sandbox is born in it
+//! (`runtime::born`).
 
 pub mod cgroup2;
 

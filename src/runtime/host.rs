@@ -121,15 +121,23 @@ fn host_err(step: &'static str, hint: &'static str) -> impl FnOnce(io::Error) ->
 /// user namespace of its own that pysandbox enters when rootless. Must run
 /// single-threaded. Returns what could not be capped (older kernels), for the report.
 ///
-/// `cgroup_parent`, the cgroup v2 parent of the run's cgroup, is bind-mounted over
-/// `/sys/fs/cgroup` in the private mount namespace: libcontainer, which enables
-/// controllers on every level from the top of the hierarchy down to the run's cgroup,
-/// then touches nothing above the parent (systemd's slices, the caller's own cgroup).
+/// `run_cgroup`, the cgroup v2 run's cgroup (made by pysandbox), shapes what libcontainer
+/// sees in the private mount namespace:
+/// - its parent is bind-mounted over `/sys/fs/cgroup`: libcontainer, which enables
+///   controllers on every level from the top of the hierarchy down to the run's cgroup,
+///   then touches nothing above the parent (systemd's slices, the caller's own cgroup);
+/// - when `born`, the run's `cgroup.procs` and `cgroup.kill` are covered with
+///   `/dev/null`: the sandbox is born in its cgroup (see `born`), and libcontainer's move
+///   into it would only cost
+///   an RCU grace period (any write to `cgroup.procs` takes the kernel's threadgroup
+///   lock for writing); its cleanup after a failed create would kill the process that
+///   reports the failure. pysandbox reaches the real files through a descriptor.
 pub fn enter_namespaces(
     mode: Mode,
     ipc: &[(&str, String)],
     user: &[(&str, String)],
-    cgroup_parent: Option<&Path>,
+    run_cgroup: Option<&Path>,
+    born: bool,
 ) -> Result<Vec<String>, RuntimeError> {
     match mode {
         Mode::Rootless => {
@@ -171,15 +179,8 @@ pub fn enter_namespaces(
         None::<&str>,
     )
     .map_err(|e| host_err("making mounts private", "")(e.into()))?;
-    match cgroup_parent {
-        Some(dir) => mount(
-            Some(dir),
-            "/sys/fs/cgroup",
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| host_err("showing the run's cgroup parent to libcontainer", "")(e.into()))?,
+    match run_cgroup {
+        Some(run) => show_run_cgroup(run, born)?,
         None if mode == Mode::Rootless => expose_cgroup2()?,
         None => {}
     }
@@ -188,6 +189,29 @@ pub fn enter_namespaces(
         not_capped.extend(write_sysctls(user));
     }
     Ok(not_capped)
+}
+
+/// See [`enter_namespaces`]: the parent of `run` over `/sys/fs/cgroup`; when `born`,
+/// `/dev/null` over the run's `cgroup.procs` and `cgroup.kill` (absent before 5.14).
+fn show_run_cgroup(run: &Path, born: bool) -> Result<(), RuntimeError> {
+    let err = |e: nix::Error| host_err("showing the run's cgroup to libcontainer", "")(e.into());
+    let (Some(parent), Some(name)) = (run.parent(), run.file_name()) else {
+        return Err(host_err("showing the run's cgroup to libcontainer", "")(
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    };
+    let bind = |from: &Path, to: &Path| {
+        mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    };
+    let top = Path::new("/sys/fs/cgroup");
+    bind(parent, top).map_err(err)?;
+    for f in ["cgroup.procs", "cgroup.kill"].iter().filter(|_| born) {
+        let target = top.join(name).join(f);
+        if target.exists() {
+            bind(Path::new("/dev/null"), &target).map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes sysctls of the current namespaces; returns one line per failure.

@@ -8,6 +8,7 @@
 //! and pysandbox itself calls `unshare(CLONE_NEWUSER)`.
 
 mod attach;
+mod born;
 mod capture;
 mod command;
 mod executor;
@@ -370,15 +371,37 @@ struct Created {
     status_r: OwnedFd,
 }
 
-/// `pysandbox`: a pidfd of this process, by which the init knows whether it is gone.
+/// Creates the sandbox, and with it the pid namespace of `seed` that holds every process
+/// made from here on (libcontainer's, the sandbox, the helpers): they die with
+/// pysandbox, however it ends. The namespace is returned to be dropped last, when launch
+/// returns.
 fn create(
     r: &RunCtx,
-    pysandbox: BorrowedFd<'_>,
+    seed: sys::PidNamespaceSeed,
     state: &Path,
     bundle: &Path,
     argv: &[String],
     env: &[(String, String)],
-) -> Result<Created, RuntimeError> {
+) -> Result<(sys::PidNamespace, Created), RuntimeError> {
+    let ns_err = |source| RuntimeError::Host {
+        step: "creating a pid namespace for the sandbox's processes",
+        source,
+        hint: "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
+    };
+    // On cgroup v2 the init is born in the run's cgroup (see `born`): built by a driver
+    // made there, which makes the pid namespace first, with the init a sibling of that
+    // driver (pysandbox's child). Otherwise the namespace is made here.
+    let born = born::target(r.placement);
+    // The init knows by this pidfd of pysandbox whether it is gone.
+    let pysandbox = seed.parent().as_raw_fd();
+    let (mut seed, mut pid_ns) = (Some(seed), None);
+    if born.is_none() {
+        pid_ns = Some(seed.take().expect("set above").enter().map_err(ns_err)?);
+        if let Some(cg) = &r.placement.run {
+            cg.limit(&r.policy.limits)
+                .map_err(io_err("setting the run's cgroup limits"))?;
+        }
+    }
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -408,29 +431,61 @@ fn create(
         pty: r.policy.interactive.then(terminal::window_size),
         pty_slave: std::sync::atomic::AtomicI32::new(-1),
         status_fd: status_w.as_raw_fd(),
-        parent_pidfd: pysandbox.as_raw_fd(),
+        parent_pidfd: pysandbox,
         seccomp: crate::seccomp::Policy::load(r.policy.seccomp_log),
         timing: timing(),
     };
-    let mut container = ContainerBuilder::new(r.id.to_string(), SyscallType::default())
-        .with_executor(executor::SandboxExecutor::new(plan))
-        .with_root_path(state)
-        .map_err(lc_err("setting the state directory"))?
-        .validate_id()
-        .map_err(lc_err("validating the run id"))?
-        .with_stdin(in_r)
-        .with_stdout(out_w)
-        .with_stderr(err_w)
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(lc_err("creating the sandbox"))?;
-    drop(status_w);
+    let (in_r, out_w, err_w) = (&in_r, &out_w, &err_w);
+    let build = move || {
+        // The builder owns and closes the ends it is given: copies, so that pysandbox's
+        // own stay its to close (in a driver sharing pysandbox's memory the copies are
+        // the driver's).
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err("duplicating a pipe"));
+        ContainerBuilder::new(r.id.to_string(), SyscallType::default())
+            .with_executor(executor::SandboxExecutor::new(plan))
+            .with_root_path(state)
+            .map_err(lc_err("setting the state directory"))?
+            .validate_id()
+            .map_err(lc_err("validating the run id"))?
+            .with_stdin(dup(in_r)?)
+            .with_stdout(dup(out_w)?)
+            .with_stderr(dup(err_w)?)
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .as_sibling(born.is_some())
+            .build()
+            .map_err(lc_err("creating the sandbox"))
+    };
     // libcontainer knows the init by its pid where its intermediate process ran, in the
     // pid namespace of launch's sys::PidNamespace; the init sent a pidfd of itself,
     // which names it here.
-    let pidfd = attach::receive_fd(&status_r, executor::INIT_TAG)?;
+    let (pid_ns, mut container, pidfd) = match (born, pid_ns, seed) {
+        (None, Some(pid_ns), _) => {
+            let c = build()?;
+            (
+                pid_ns,
+                c,
+                attach::receive_fd(&status_r, executor::INIT_TAG)?,
+            )
+        }
+        (Some(cg), None, Some(seed)) => {
+            let built = born::create(cg, &r.policy.limits, &status_r, seed, || {
+                build().map_err(|e| match e {
+                    // Sent as its cause chain; wrapped below in the same step again.
+                    RuntimeError::Container { source, .. } => error_chain(&source),
+                    e => error_chain(&e),
+                })
+            });
+            let (pid_ns, pidfd, c) = built.map_err(|msg| RuntimeError::Container {
+                step: "creating the sandbox",
+                source: LibcontainerError::Other(msg),
+            })?;
+            (pid_ns, c, pidfd)
+        }
+        _ => unreachable!("the pid namespace is made here exactly when not born"),
+    };
+    drop(status_w);
     let init_pid = sys::pidfd_pid(&pidfd).map_err(io_err("watching the sandbox"))?;
     container.set_pid(init_pid);
     let signals = SignalFd::with_flags(
@@ -438,7 +493,7 @@ fn create(
         SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
     )
     .map_err(|e| io_err("receiving signals")(e.into()))?;
-    Ok(Created {
+    let created = Created {
         container,
         init_pid,
         pidfd,
@@ -447,7 +502,8 @@ fn create(
         out_r,
         err_r,
         status_r,
-    })
+    };
+    Ok((pid_ns, created))
 }
 
 fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeError> {
@@ -468,15 +524,11 @@ fn launch(r: &RunCtx, warm: Option<&mut dyn Warm>) -> Result<RunReport, RuntimeE
     let (state, bundle) = (r.mnt.join("state"), r.mnt.join("bundle"));
     write_spec(r, &staged, &argv, &env, &rlimits, &bundle)?;
     mark("spec saved");
-    // Everything made from here on (libcontainer's processes, the sandbox, the helpers)
-    // dies with pysandbox, however it ends; dropped last, when launch returns.
-    let pid_ns = sys::PidNamespace::enter().map_err(|source| RuntimeError::Host {
-        step: "creating a pid namespace for the sandbox's processes",
-        source,
-        hint: "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
-    })?;
+    let seed = sys::PidNamespace::prepare().map_err(io_err("watching pysandbox"))?;
     let mut t0 = Instant::now();
-    let mut c = create(r, pid_ns.parent(), &state, &bundle, &argv, &env)?;
+    // Dropped last, when launch returns.
+    let (_pid_ns, created) = create(r, seed, &state, &bundle, &argv, &env)?;
+    let mut c = created;
     if r.mode.is_root() {
         not_capped.extend(host::cap_user_namespace(c.init_pid, &user_sysctls));
     }
@@ -610,10 +662,8 @@ fn enter_and_stage(
         r.mode,
         &limits::ipc_sysctls(&policy.limits),
         user_sysctls,
-        cg.parent
-            .as_ref()
-            .filter(|_| cg.run.is_some())
-            .map(|p| p.dir.as_path()),
+        cg.run.as_ref().map(|r| r.path.as_path()),
+        born::target(cg).is_some(),
     )?;
     mark("namespaces entered");
     // As root, a user namespace whose root is the sandbox's host id, to id-map mounts:
@@ -661,9 +711,9 @@ fn write_spec(
             Mode::Root { sandbox, .. } => Some(sandbox),
             Mode::Rootless => None,
         },
-        // A cgroup v2 run's cgroup is made and filled already; libcontainer sees its
-        // parent as the whole hierarchy (see host::enter_namespaces) and only moves the
-        // sandbox in.
+        // A cgroup v2 run's cgroup is made and filled already, and the sandbox is born in
+        // it (see born); libcontainer sees its parent as the whole hierarchy (see
+        // host::enter_namespaces), and its move into it is a write to /dev/null.
         cgroups_path: match &r.placement.run {
             Some(_) => PathBuf::from("/").join(r.id),
             None => limits::cgroup_path(r.id),
@@ -674,13 +724,29 @@ fn write_spec(
         limits: r.policy.limits.clone(),
         rlimits: with_nproc_slots(
             rlimits,
-            u64::from(r.pasta.is_some()) + if r.mode.is_root() { 0 } else { 2 },
+            u64::from(r.pasta.is_some())
+                + match r.mode.is_root() {
+                    true => 0,
+                    false => 2 + u64::from(born::target(r.placement).is_some()),
+                },
         ),
     })?;
     mark("staged");
     spec.save(bundle.join("config.json"))
         .map_err(|e| io_err("writing config.json")(io::Error::other(e.to_string())))?;
     Ok(())
+}
+
+/// An error and its causes, one line (as the command line prints them).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// The signals pysandbox blocks and reads from a signalfd while it supervises.
@@ -704,7 +770,9 @@ fn sink(policy: &RunPolicy, stderr: bool) -> Capped {
 /// RLIMIT_NPROC raised by `slots` processes of the sandbox's user that are not the
 /// script's, so that the script keeps the --pids it was given: pasta, which lives in the
 /// sandbox's pid namespace as the sandbox's user; rootless, where the sandbox's user is
-/// pysandbox's, pysandbox itself and its pid namespace's init (`sys::PidNamespace`).
+/// pysandbox's, pysandbox itself and its pid namespace's init (`sys::PidNamespace`), and
+/// on cgroup v2 the driver (see `born`), there while the init is cloned (the run's cgroup
+/// holds pids.max to --pids all the same).
 fn with_nproc_slots(rlimits: &[spec::Rlimit], slots: u64) -> Vec<spec::Rlimit> {
     let mut out = rlimits.to_vec();
     if slots > 0 {

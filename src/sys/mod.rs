@@ -7,6 +7,7 @@ mod caps;
 pub mod fs;
 pub mod lock;
 pub mod mount;
+pub mod process;
 pub use caps::drop_all_capabilities;
 pub use mount::{
     MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
@@ -238,6 +239,13 @@ pub extern "C" fn hold(parent_pidfd: *mut libc::c_void) -> libc::c_int {
         // Its own name: it shows pysandbox's command line (their memory is one).
         libc::prctl(libc::PR_SET_NAME, c"pysandbox-hold".as_ptr(), 0, 0, 0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // Its copies of this process's descriptors closed but the pidfd: none keeps a
+        // pipe's end (the sandbox's output...) or a lock open behind pysandbox's back.
+        let keep = parent_pidfd as usize as libc::c_uint;
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
         if exited(parent_pidfd as usize as RawFd) {
             libc::_exit(1);
         }
@@ -269,16 +277,46 @@ pub fn exited(pidfd: RawFd) -> bool {
 /// kills and reaps the init, and with it whatever is left in the namespace; this
 /// process cannot make children after that (the kernel refuses a fork into a pid
 /// namespace whose init is gone), so it is the last step of a run. Single-threaded
-/// callers only.
+/// callers only. Made by this process ([`PidNamespaceSeed::enter`]), or by a child that
+/// makes processes in it before this process joins it (`runtime::born`'s driver,
+/// [`PidNamespaceSeed::make_in_child`]).
 pub struct PidNamespace {
     init: libc::pid_t,
     _stack: Vec<u8>,
-    pidfd: OwnedFd,
+    /// The pidfd its init watches (a copy of it, in the init's descriptor table).
+    _pidfd: OwnedFd,
 }
 
+/// The stack of a [`PidNamespace`]'s init ([`hold`] needs little).
+const HOLDER_STACK: usize = 64 << 10;
+
 impl PidNamespace {
-    pub fn enter() -> io::Result<PidNamespace> {
-        let pidfd = pidfd_open(std::process::id() as i32)?;
+    /// What a pid namespace needs from this process, before it is made here
+    /// ([`PidNamespaceSeed::enter`]) or by a child ([`PidNamespaceSeed::make_in_child`]).
+    pub fn prepare() -> io::Result<PidNamespaceSeed> {
+        Ok(PidNamespaceSeed {
+            pidfd: pidfd_open(std::process::id() as i32)?,
+            stack: Vec::new(),
+        })
+    }
+}
+
+/// A pidfd of this process, and the stack of a [`PidNamespace`]'s init made by a child.
+pub struct PidNamespaceSeed {
+    pidfd: OwnedFd,
+    stack: Vec<u8>,
+}
+
+impl PidNamespaceSeed {
+    /// A pidfd of this process (the init's parent), for other children that must check
+    /// whether it is gone.
+    pub fn parent(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pidfd.as_fd()
+    }
+
+    /// The namespace, made by this process: `unshare(CLONE_NEWPID)` and its first child.
+    pub fn enter(self) -> io::Result<PidNamespace> {
         // SAFETY: unshare with a constant flag; only this process's later children are
         // affected.
         check(unsafe { libc::unshare(libc::CLONE_NEWPID) } as libc::c_long)?;
@@ -288,122 +326,93 @@ impl PidNamespace {
         let (init, stack) = unsafe {
             clone_sharing_memory(
                 hold,
-                pidfd.as_raw_fd() as usize as *mut libc::c_void,
+                self.pidfd.as_raw_fd() as usize as *mut libc::c_void,
                 libc::SIGCHLD,
-                64 << 10,
+                HOLDER_STACK,
             )?
         };
         Ok(PidNamespace {
             init,
             _stack: stack,
-            pidfd,
+            _pidfd: self.pidfd,
         })
     }
 
-    /// A pidfd of this process (the init's parent), for other children that must check
-    /// whether it is gone.
-    pub fn parent(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.pidfd.as_fd()
+    /// Made by a child of this process that shares its memory and makes the processes
+    /// that must live in the namespace (`runtime::born`'s driver), as that child's
+    /// `unshare(CLONE_NEWPID)`; its init ([`hold`]) is made here as the child's sibling
+    /// (this process's child, so that it dies with this process), born in the cgroup v2
+    /// directory `home` (not the child's: the init shares this process's memory). Returns
+    /// the init's pid, which this process then [`adopt`](Self::adopt)s.
+    ///
+    /// # Safety
+    /// Called in a `process::run_child` child of the process that owns `self` (memory
+    /// shared, that process suspended), once.
+    pub unsafe fn make_in_child(
+        &mut self,
+        home: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<libc::pid_t> {
+        // SAFETY: as in enter; in the child only.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) } as libc::c_long)?;
+        // Allocated here on the shared heap, owned by `self`, which the parent keeps.
+        self.stack = vec![0u8; HOLDER_STACK];
+        // SAFETY: the stack is the init's alone until it is reaped (the adopted value
+        // frees it then); `hold` touches nothing but its own frame and makes only
+        // async-signal-safe calls.
+        unsafe {
+            process::clone_sibling(
+                home,
+                &mut self.stack,
+                hold_sibling,
+                self.pidfd.as_raw_fd() as usize as *mut libc::c_void,
+            )
+        }
     }
+
+    /// This process's hold on the namespace whose init `init` (this process's child) a
+    /// child made with [`make_in_child`](Self::make_in_child): from now on this
+    /// process's own children are born in it too (`setns`).
+    pub fn adopt(self, init: libc::pid_t) -> io::Result<PidNamespace> {
+        // Made first, so that a failure below kills and reaps the init.
+        let ns = PidNamespace {
+            init,
+            _stack: self.stack,
+            _pidfd: self.pidfd,
+        };
+        // Not reaped yet, so its pid cannot name another process.
+        let init_fd = pidfd_open(init)?;
+        let enter = || nix::sched::setns(&init_fd, nix::sched::CloneFlags::CLONE_NEWPID);
+        match enter() {
+            // setns asks for ptrace's read access to the init, whose memory is this
+            // process's: made non-dumpable by libcontainer's build, that needs
+            // CAP_SYS_PTRACE where this process's program was started (only root has
+            // it). Dumpable again for the call alone (to its own user, as any process).
+            Err(nix::Error::EPERM) => {
+                // SAFETY: plain prctl calls.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+                let r = enter();
+                // SAFETY: as above.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+                r?
+            }
+            r => r?,
+        }
+        Ok(ns)
+    }
+}
+
+/// [`hold`] started by `process::clone_sibling`.
+extern "C" fn hold_sibling(parent_pidfd: *mut libc::c_void) -> ! {
+    hold(parent_pidfd);
+    process::exit_child(1)
 }
 
 impl Drop for PidNamespace {
     fn drop(&mut self) {
         // SAFETY: killing our own child.
         unsafe { libc::kill(self.init, libc::SIGKILL) };
-        reap_namespace(self.init);
+        process::reap_namespace(self.init);
     }
-}
-
-/// Reaps `init`, the killed init of a pid namespace this process made. Dying, an init
-/// waits until every process of its namespace has been reaped, this process's children
-/// in it included (libcontainer's intermediate and init after a failed create): they are
-/// reaped here first, else this process and the init would wait for each other forever.
-fn reap_namespace(init: libc::pid_t) {
-    let depth = pid_depth("self");
-    let reap = |pid: libc::pid_t| {
-        // SAFETY: waitpid on a child of ours, no status wanted.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) }
-    };
-    loop {
-        match next_waitable_child() {
-            Some(pid) if pid == init => {
-                reap(init);
-                return;
-            }
-            Some(pid) if pid_depth(&pid.to_string()) > depth => {
-                reap(pid);
-            }
-            // Another child of this process's, not ours to reap, is first in line (or
-            // none is left): find those of the namespace in /proc.
-            _ => break,
-        }
-    }
-    for pid in children_deeper_than(depth) {
-        reap(pid);
-    }
-    reap(init);
-}
-
-/// The first child of this process that has ended (or blocks until one does), left
-/// waitable; None without children.
-fn next_waitable_child() -> Option<libc::pid_t> {
-    loop {
-        // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_ALL,
-                0,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
-            )
-        };
-        if r == 0 {
-            // SAFETY: waitid filled a SIGCHLD siginfo, whose si_pid is valid.
-            return Some(unsafe { info.si_pid() });
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return None;
-        }
-    }
-}
-
-/// How many pid namespaces process `pid` (a number, or `self`) has a pid in (its
-/// `NSpid` line); 0 if it is gone.
-fn pid_depth(pid: &str) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .map(|v| v.split_whitespace().count())
-        })
-        .unwrap_or(0)
-}
-
-/// The children of this process that live in a pid namespace below its own (a scan of
-/// /proc: the kernel here may not list a process's children).
-fn children_deeper_than(depth: usize) -> Vec<libc::pid_t> {
-    let me = std::process::id() as libc::pid_t;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|pid| {
-            // The parent is the 2nd field after the command's closing parenthesis.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(')')?;
-                    rest.split_whitespace().nth(1)?.parse::<libc::pid_t>().ok()
-                })
-                == Some(me)
-        })
-        .filter(|pid| pid_depth(&pid.to_string()) > depth)
-        .collect()
 }
 
 /// Ends this process at once (no destructors, no atexit handlers): the end of a

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct RunCgroup {
     /// The top of the hierarchy, when the parent is root's shared `/pysandbox` (removed
     /// once empty).
     shared_root: Option<OwnedFd>,
+    /// The cgroup pysandbox was in when it made this one (see [`RunCgroup::home`]).
+    home: Option<OwnedFd>,
 }
 
 fn open_dir(p: &Path) -> io::Result<OwnedFd> {
@@ -51,6 +53,7 @@ impl RunCgroup {
             } else {
                 None
             },
+            home: None,
         })
     }
 
@@ -59,24 +62,27 @@ impl RunCgroup {
         fd_path(&self.parent).join(&self.name)
     }
 
-    /// Creates `<parent>/<id>` with the run's limits: memory (and no swap), pids, the
-    /// CPU quota, and the OOM killer taking the whole run at once.
+    /// Creates `<parent>/<id>` with the run's limits: no swap, pids, the CPU quota, and
+    /// the OOM killer taking the whole run at once; [`RunCgroup::limit`] completes them.
+    /// Until then they leave room for the driver that creates the sandbox in the cgroup
+    /// (`runtime::born`): one more process, and no memory limit, as the driver may share
+    /// pysandbox's memory and the kernel's OOM killer kills every process that shares
+    /// its victim's memory (here every process of the cgroup, `memory.oom.group`):
+    /// pysandbox with it. Nothing of the script runs before.
     pub fn create(parent: &Parent, id: &str, l: &Limits) -> io::Result<RunCgroup> {
         let path = parent.dir.join(id);
         fs::create_dir(&path)?;
-        let cg = RunCgroup::at(&path, parent.origin == Origin::Shared)?;
-        let set = |f: &str, v: String| {
-            sys::write_existing(&cg.dir().join(f), v.as_bytes())
-                .map_err(|e| io::Error::new(e.kind(), format!("{f}: {e}")))
-        };
+        let mut cg = RunCgroup::at(&path, parent.origin == Origin::Shared)?;
+        cg.home = super::own_path()
+            .and_then(|own| open_dir(&Path::new(ROOT).join(own.trim_start_matches('/'))).ok());
+        let set = |f: &str, v: String| cg.set(f, &v);
         let r = (|| {
-            set("memory.max", l.memory.to_string())?;
             // Absent without swap accounting (no swap configured): nothing to cap then.
             if cg.dir().join("memory.swap.max").exists() {
                 set("memory.swap.max", "0".into())?;
             }
             set("memory.oom.group", "1".into())?;
-            set("pids.max", l.pids.to_string())?;
+            set("pids.max", l.pids.saturating_add(1).to_string())?;
             if let Some(c) = l.cpus {
                 set("cpu.max", cpu_max(c))?;
             }
@@ -89,6 +95,40 @@ impl RunCgroup {
                 Err(e)
             }
         }
+    }
+
+    /// A directory descriptor of the run's cgroup, to create a process directly in it
+    /// (`clone3` with `CLONE_INTO_CGROUP`).
+    pub fn open(&self) -> io::Result<OwnedFd> {
+        open_dir(&self.dir())
+    }
+
+    /// The cgroup pysandbox was in when it made this one, for a process that shares
+    /// pysandbox's memory and must not be counted in the run's (see `runtime::born`).
+    pub fn home(&self) -> Option<BorrowedFd<'_>> {
+        self.home.as_ref().map(|h| h.as_fd())
+    }
+
+    /// Sets the run's memory limit and its own pids limit: once the process that creates
+    /// the sandbox in this cgroup (`runtime::born`'s driver) is gone, before the script
+    /// starts (a sandbox already over its memory limit meets the OOM killer here); at
+    /// once when the sandbox is not born there.
+    pub fn limit(&self, l: &Limits) -> io::Result<()> {
+        self.set("memory.max", &l.memory.to_string())?;
+        self.set("pids.max", &l.pids.to_string())
+    }
+
+    fn set(&self, file: &str, value: &str) -> io::Result<()> {
+        sys::write_existing(&self.dir().join(file), value.as_bytes())
+            .map_err(|e| io::Error::new(e.kind(), format!("{file}: {e}")))
+    }
+
+    /// Whether process `pid` is in this cgroup (by its `/proc/PID/cgroup`).
+    pub fn holds(&self, pid: i32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| super::parse_proc_cgroup(&t))
+            .is_some_and(|p| Path::new(ROOT).join(p.trim_start_matches('/')) == self.path)
     }
 
     /// How many times the kernel's OOM killer killed in this cgroup.
