@@ -9,12 +9,13 @@
 //! `<cache>/results/matrix.json` and the exit status says whether every check passed.
 //!
 //! usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--timing]
-//!        [--pysandbox BIN] [--timeout SECS]
+//!        [--baseline BIN] [--pysandbox BIN] [--timeout SECS]
 //!
 //! `--quick` runs the subset that differs by identity (mechanisms, OOM, leftovers) for
 //! every identity; without it, root and the main user identities run the whole suite.
 //! `--timing` adds each full identity's median cold start, printed as a ratio to the
-//! identity without cgroups in the same boot.
+//! identity without cgroups in the same boot; `--baseline BIN` times another build
+//! beside it, run for run (before and after a change, in one boot).
 //!
 //! Needs (Debian): qemu-system-x86 (from bookworm-backports next to qemu-utils 10),
 //! busybox-static, kmod, e2fsprogs, xz-utils; apt-get downloads the kernels into the
@@ -103,6 +104,8 @@ struct Opts {
     timeout: Duration,
     quick: bool,
     timing: bool,
+    /// Another pysandbox build whose cold starts are timed beside this one's.
+    baseline: Option<PathBuf>,
 }
 
 pub fn vm(args: &[String]) -> Result<()> {
@@ -113,6 +116,7 @@ pub fn vm(args: &[String]) -> Result<()> {
         timeout: Duration::from_secs(600),
         quick: false,
         timing: false,
+        baseline: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -124,8 +128,9 @@ pub fn vm(args: &[String]) -> Result<()> {
             "--timeout" => o.timeout = Duration::from_secs(val()?.parse()?),
             "--quick" => o.quick = true,
             "--timing" => o.timing = true,
+            "--baseline" => o.baseline = Some(fs::canonicalize(val()?)?),
             _ => bail!(
-                "usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--timing] [--pysandbox BIN] [--timeout SECS]"
+                "usage: cargo xtask vm [--kernel 6.1|6.12|5.10]... [--mode systemd|plain]... [--quick] [--timing [--baseline BIN]] [--pysandbox BIN] [--timeout SECS]"
             ),
         }
     }
@@ -217,35 +222,70 @@ pub fn vm(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Each identity's median cold start (`cold_start` check) as a ratio to the identity
-/// without cgroups in the same boot: what creating the run's cgroup, moving the sandbox
-/// into it (and on systemd a scope per run) cost. Timing inside TCG is only good for
-/// ratios within one boot.
+/// Each identity's median cold start and container creation (`cold_start` check) as
+/// ratios to the identity without cgroups in the same boot: what creating the run's
+/// cgroup, putting the sandbox in it (and on systemd a scope per run) cost. Timing inside
+/// TCG is only good for ratios within one boot.
 fn print_cold_starts(results: &[serde_json::Value], k: &str, m: &str) {
-    let median = |r: &serde_json::Value| -> Option<f64> {
+    let field = |r: &serde_json::Value, key: &str| -> Option<f64> {
         let c = r["checks"]
             .as_array()?
             .iter()
             .find(|c| c["name"] == "cold_start")?;
         c["detail"]
             .as_str()?
-            .strip_prefix("median_ms=")?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
             .parse()
             .ok()
     };
-    let Some(base) = results
-        .iter()
-        .find(|r| r["who"] == "user_plain")
-        .and_then(median)
-    else {
+    let Some(base) = results.iter().find(|r| r["who"] == "user_plain") else {
         return;
     };
     for r in results {
-        if let Some(ms) = median(r) {
+        let who = r["who"].as_str().unwrap_or("?");
+        if let (Some(b), Some(bb), Some(ms), Some(bms)) = (
+            field(r, "build_ms"),
+            field(r, "base_build_ms"),
+            field(r, "median_ms"),
+            field(r, "base_median_ms"),
+        ) {
             println!(
-                "TIME {k:>4} {m:<7} {:<17} cold start {ms:.0} ms = {:.2} x user_plain (no cgroup)",
+                "TIME {k:>4} {m:<7} {who:<17} this build / baseline, same runs interleaved: cold start {:.2}, creation {:.2}{}",
+                ms / bms,
+                b / bb,
+                field(r, "paired_build_diff_ms")
+                    .map(|d| format!(" (run for run, median {d:+.1} ms)"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(mv) = field(r, "migration_ms") {
+            println!(
+                "TIME {k:>4} {m:<7} {who:<17} moving a process between two cgroups (cgroup.procs write): {mv:.2} ms"
+            );
+        }
+    }
+    // The same for the --baseline build (`base_` fields), against its own user_plain.
+    for (label, pre) in [("", ""), (" [baseline]", "base_")] {
+        let key = |k: &str| format!("{pre}{k}");
+        let (Some(base_ms), base_build) = (
+            field(base, &key("median_ms")),
+            field(base, &key("build_ms")),
+        ) else {
+            continue;
+        };
+        for r in results {
+            let Some(ms) = field(r, &key("median_ms")) else {
+                continue;
+            };
+            let build = match (field(r, &key("build_ms")), base_build) {
+                (Some(b), Some(bb)) => format!(", creation {b:.1} ms = {:.2} x", b / bb),
+                _ => String::new(),
+            };
+            println!(
+                "TIME {k:>4} {m:<7} {:<17} cold start {ms:.0} ms = {:.2} x{build} user_plain (no cgroup){label}",
                 r["who"].as_str().unwrap_or("?"),
-                ms / base
+                ms / base_ms
             );
         }
     }
@@ -418,6 +458,9 @@ fn boot(
     }
     if o.timing {
         append.push_str(" psb.timing=1");
+        if let Some(b) = &o.baseline {
+            append.push_str(&format!(" psb.base={}", b.display()));
+        }
     }
     if ver.starts_with("5.10") {
         append.push_str(" psb.old=1");

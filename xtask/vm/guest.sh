@@ -22,6 +22,8 @@ common_setup() {
   mount -t ext4 /dev/vda /scratch || say "no scratch disk"
   mkdir -p /opt/psb /scratch/home
   cp "$(arg bin)" /opt/psb/pysandbox
+  # --baseline: another build, timed beside this one (cold_start).
+  [ -n "$(arg base)" ] && cp "$(arg base)" /opt/psb/pysandbox-base
   cp "$REPO/xtask/vm/suite.py" /opt/psb/suite.py
   cp -r "$REPO/examples" /opt/psb/examples
   # The command, in a login session of tester (pam_systemd: a session scope, the user's
