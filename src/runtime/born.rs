@@ -75,7 +75,9 @@ pub fn target(placement: &Placement) -> Option<&RunCgroup> {
 /// in a driver born in `cg`, whose limits are `limits`, which first makes the pid
 /// namespace of `seed` (see `sys::PidNamespace`) for the processes `build` makes.
 /// Returns that namespace, held here, a pidfd of the init (which the init sends on
-/// `status`, the status socket) and what `build` returned (made on pysandbox's heap,
+/// `status`, the status socket's two ends: pysandbox's copy of the write end is closed
+/// once the driver is gone, so that an init that died says so by an end of file) and
+/// what `build` returned (made on pysandbox's heap,
 /// which the driver shares); the init is then pysandbox's child, waiting in the run's
 /// cgroup for the start signal, and nothing else of the build is left (driver and
 /// intermediate reaped). Neither `build` nor what it returns may own a descriptor (see
@@ -83,7 +85,7 @@ pub fn target(placement: &Placement) -> Option<&RunCgroup> {
 pub fn create<T>(
     cg: &RunCgroup,
     limits: &Limits,
-    status_sock: &OwnedFd,
+    (status_sock, status_w): (&OwnedFd, OwnedFd),
     mut seed: PidNamespaceSeed,
     build: impl FnOnce() -> Result<T, String>,
 ) -> Result<(PidNamespace, OwnedFd, T), String> {
@@ -111,6 +113,7 @@ pub fn create<T>(
         Err((e, _)) => return Err(at("starting the sandbox's driver")(e)),
     };
     super::mark("driver released");
+    drop(status_w);
     drop(w);
     drop(dir);
     let status = process::wait_exit(driver).map_err(at("waiting for the sandbox's driver"))?;

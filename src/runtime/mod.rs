@@ -463,6 +463,8 @@ fn create(
     let (pid_ns, mut container, pidfd) = match (born, pid_ns, seed) {
         (None, Some(pid_ns), _) => {
             let c = build()?;
+            // Only the sandbox's copy left: an init that died says so by an end of file.
+            drop(status_w);
             (
                 pid_ns,
                 c,
@@ -470,7 +472,8 @@ fn create(
             )
         }
         (Some(cg), None, Some(seed)) => {
-            let built = born::create(cg, &r.policy.limits, &status_r, seed, || {
+            let status = (&status_r, status_w);
+            let built = born::create(cg, &r.policy.limits, status, seed, || {
                 build().map_err(|e| match e {
                     // Sent as its cause chain; wrapped below in the same step again.
                     RuntimeError::Container { source, .. } => error_chain(&source),
@@ -485,7 +488,6 @@ fn create(
         }
         _ => unreachable!("the pid namespace is made here exactly when not born"),
     };
-    drop(status_w);
     let init_pid = sys::pidfd_pid(&pidfd).map_err(io_err("watching the sandbox"))?;
     container.set_pid(init_pid);
     let signals = SignalFd::with_flags(
