@@ -821,34 +821,21 @@ each_mode!(network_sigkill_during_startup_leaves_nothing, |who| {
     kill_while_starting(24, Duration::from_millis(7), || {
         command(who, dir.path(), &["run", "--network", "t.py"])
     });
+    // Every process counted, libcontainer's intermediate included (it once outlived a
+    // pysandbox killed during build(), waiting forever for a uid map).
     let t = std::time::Instant::now();
-    let lingering = || {
-        sandboxes_of(&marker).into_iter().any(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| !c.starts_with("youki:[1:INTER]"))
-                .unwrap_or(false)
-        })
-    };
-    while lingering() && t.elapsed() < Duration::from_secs(3) {
+    while !sandboxes_of(&marker).is_empty() && t.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Not counted: libcontainer's intermediate process, which could be left waiting
-    // forever for a uid map from a pysandbox killed during build(); it no longer is
-    // (sys::PidNamespace; tests/run.rs sigkill_at_any_moment_leaves_no_process checks it).
     let left: Vec<String> = sandboxes_of(&marker)
         .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| !c.starts_with("youki:[1:INTER]"))
-                .unwrap_or(false)
-        })
         .map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
             let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
             format!("{stat} [{wchan}]")
         })
         .collect();
-    // The intermediates hold the run's lock; once gone, the next run sweeps the rest.
+    // Not left for the next test to meet.
     for p in sandboxes_of(&marker) {
         // SAFETY: kill(2) of a process of this test's own (its mounts show our folder).
         unsafe { libc::kill(p, libc::SIGKILL) };
