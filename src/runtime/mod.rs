@@ -383,10 +383,13 @@ fn create(
     argv: &[String],
     env: &[(String, String)],
 ) -> Result<(sys::PidNamespace, Created), RuntimeError> {
-    let ns_err = |source| RuntimeError::Host {
+    let ns_err = |source: io::Error| RuntimeError::Host {
         step: "creating a pid namespace for the sandbox's processes",
+        hint: match source.raw_os_error() {
+            Some(libc::EAGAIN) => "your process limit (ulimit -u) is reached",
+            _ => "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
+        },
         source,
-        hint: "pysandbox needs unshare(CLONE_NEWPID), as it does CLONE_NEWUSER",
     };
     // On cgroup v2 the init is born in the run's cgroup (see `born`): built by a driver
     // made there, which makes the pid namespace first, with the init a sibling of that
