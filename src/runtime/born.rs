@@ -160,11 +160,9 @@ pub fn create<T>(
         Err(e) => return Err(at("reaping libcontainer's intermediate process")(e)),
     }
     super::mark("intermediate reaped");
+    // (pysandbox is non-dumpable, as the caller of build() is: libcontainer set it in
+    // the driver, on the memory both share, whose flag it is.)
     cg.limit(limits).map_err(at("setting the run's limits"))?;
-    // The caller of build() used to be made non-dumpable by libcontainer; pysandbox
-    // stays so.
-    // SAFETY: plain prctl.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if !cg.holds(init) {
         return Err(format!(
             "the sandbox's init is not in its cgroup {}",

@@ -371,6 +371,13 @@ struct Created {
     status_r: OwnedFd,
 }
 
+/// Who makes the run's pid namespace: pysandbox, or the driver that creates the sandbox
+/// in its cgroup (see `born`).
+enum Ns<'a> {
+    Here(sys::PidNamespace),
+    InDriver(&'a limits::cgroup2::RunCgroup, sys::PidNamespaceSeed),
+}
+
 /// Creates the sandbox, and with it the pid namespace of `seed` that holds every process
 /// made from here on (libcontainer's, the sandbox, the helpers): they die with
 /// pysandbox, however it ends. The namespace is returned to be dropped last, when launch
@@ -394,17 +401,18 @@ fn create(
     // On cgroup v2 the init is born in the run's cgroup (see `born`): built by a driver
     // made there, which makes the pid namespace first, with the init a sibling of that
     // driver (pysandbox's child). Otherwise the namespace is made here.
-    let born = born::target(r.placement);
     // The init knows by this pidfd of pysandbox whether it is gone.
     let pysandbox = seed.parent().as_raw_fd();
-    let (mut seed, mut pid_ns) = (Some(seed), None);
-    if born.is_none() {
-        pid_ns = Some(seed.take().expect("set above").enter().map_err(ns_err)?);
-        if let Some(cg) = &r.placement.run {
-            cg.limit(&r.policy.limits)
-                .map_err(io_err("setting the run's cgroup limits"))?;
+    let ns = match born::target(r.placement) {
+        Some(cg) => Ns::InDriver(cg, seed),
+        None => {
+            if let Some(cg) = &r.placement.run {
+                cg.limit(&r.policy.limits)
+                    .map_err(io_err("setting the run's cgroup limits"))?;
+            }
+            Ns::Here(seed.enter().map_err(ns_err)?)
         }
-    }
+    };
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -439,6 +447,7 @@ fn create(
         timing: timing(),
     };
     let (in_r, out_w, err_w) = (&in_r, &out_w, &err_w);
+    let in_driver = matches!(ns, Ns::InDriver(..));
     let build = move || {
         // The builder owns and closes the ends it is given: copies, so that pysandbox's
         // own stay its to close (in a driver sharing pysandbox's memory the copies are
@@ -456,15 +465,15 @@ fn create(
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
-            .as_sibling(born.is_some())
+            .as_sibling(in_driver)
             .build()
             .map_err(lc_err("creating the sandbox"))
     };
     // libcontainer knows the init by its pid where its intermediate process ran, in the
-    // pid namespace of launch's sys::PidNamespace; the init sent a pidfd of itself,
+    // run's pid namespace (sys::PidNamespace); the init sent a pidfd of itself,
     // which names it here.
-    let (pid_ns, mut container, pidfd) = match (born, pid_ns, seed) {
-        (None, Some(pid_ns), _) => {
+    let (pid_ns, mut container, pidfd) = match ns {
+        Ns::Here(pid_ns) => {
             let c = build()?;
             // Only the sandbox's copy left: an init that died says so by an end of file.
             drop(status_w);
@@ -474,7 +483,7 @@ fn create(
                 attach::receive_fd(&status_r, executor::INIT_TAG)?,
             )
         }
-        (Some(cg), None, Some(seed)) => {
+        Ns::InDriver(cg, seed) => {
             let status = (&status_r, status_w);
             let built = born::create(cg, &r.policy.limits, status, seed, || {
                 build().map_err(|e| match e {
@@ -489,7 +498,6 @@ fn create(
             })?;
             (pid_ns, c, pidfd)
         }
-        _ => unreachable!("the pid namespace is made here exactly when not born"),
     };
     let init_pid = sys::pidfd_pid(&pidfd).map_err(io_err("watching the sandbox"))?;
     container.set_pid(init_pid);

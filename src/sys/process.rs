@@ -46,13 +46,18 @@ impl CloneArgs {
 /// starts such children on, and `clone3` not filtered (some container runtimes' seccomp
 /// profiles answer `ENOSYS`). Asked with an empty argument, which a working `clone3`
 /// refuses (`EINVAL`) without making anything.
+/// Asked once per process (a filter, once installed, stays).
 pub fn available() -> bool {
-    if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        return false;
-    }
-    // SAFETY: clone3 with a null argument of size 0 is refused before anything is read.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
-    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            return false;
+        }
+        // SAFETY: clone3 with a null argument of size 0 is refused before anything is
+        // read.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+    })
 }
 
 /// Runs `f` in a new process, made directly in the cgroup v2 directory `cgroup` when one
@@ -414,7 +419,7 @@ pub fn wait_exit(pid: i32) -> io::Result<i32> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on a child of ours with a valid out-pointer.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+        if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } == pid {
             return Ok(status);
         }
         let e = io::Error::last_os_error();
@@ -450,18 +455,17 @@ pub fn reap_one_below(keep: &[i32]) -> io::Result<Option<i32>> {
 /// in it included (libcontainer's intermediate and init after a failed create): they are
 /// reaped here first, else this process and the init would wait for each other forever.
 pub(super) fn reap_namespace(init: libc::pid_t) {
-    let depth = pid_depth("self");
     let reap = |pid: libc::pid_t| {
-        // SAFETY: waitpid on a child of ours, no status wanted.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) }
+        let _ = wait_exit(pid);
     };
     loop {
         match next_waitable_child() {
+            // The usual case: nothing else was left.
             Some(pid) if pid == init => {
                 reap(init);
                 return;
             }
-            Some(pid) if pid_depth(&pid.to_string()) > depth => {
+            Some(pid) if pid_depth(&pid.to_string()) > pid_depth("self") => {
                 reap(pid);
             }
             // Another child of this process's, not ours to reap, is first in line (or
@@ -469,7 +473,7 @@ pub(super) fn reap_namespace(init: libc::pid_t) {
             _ => break,
         }
     }
-    for pid in children_deeper_than(depth) {
+    for pid in children_deeper_than(pid_depth("self")) {
         reap(pid);
     }
     reap(init);
